@@ -1,0 +1,299 @@
+"""The query model as SQLite SQL: indexed comparisons on `resources`, EXISTS on side tables.
+
+A positive token with an exact system and code (the common `patient=…&code=…&date=…` search)
+drives the query from the `tokens` primary key (field, system, code, patient, date_start, id),
+so a date-sorted page is one index range read in order, with no sort step. Pure: builds text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fhir_gateway.store.base import (
+    ComponentClause,
+    Cursor,
+    DateClause,
+    IdClause,
+    NumberBounds,
+    QuantityClause,
+    QuantityMatch,
+    Query,
+    RangeBounds,
+    ReferenceClause,
+    TokenClause,
+    TokenMatch,
+)
+
+COLUMNS = "r.type, r.id, r.version, r.last_updated, r.deleted, r.json, r.date_start"
+
+# Every stored date range is at most this wide, so `date_end > v` implies
+# `date_start > v - max_span`: a bound the index can use (see versioning.date_span).
+_MAX_SPAN = "(SELECT max_span FROM span_bound)"
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: tuple[object, ...]
+
+
+@dataclass(slots=True)
+class _Where:
+    source: str = "resources AS r"
+    date_start: str = "r.date_start"
+    id_column: str = "r.id"
+    conditions: list[str] = field(default_factory=list)
+    params: list[object] = field(default_factory=list)
+
+    def add(self, condition: str, *params: object) -> None:
+        self.conditions.append(condition)
+        self.params.extend(params)
+
+    def text(self) -> str:
+        return " AND ".join(self.conditions) if self.conditions else "1"
+
+
+def _driving_token(query: Query) -> tuple[TokenClause, TokenMatch] | None:
+    for wanted in ("code", "category", "identifier"):
+        for clause in query.clauses:
+            if (
+                isinstance(clause, TokenClause)
+                and clause.field == wanted
+                and not clause.negate
+                and len(clause.tokens) == 1
+                and clause.tokens[0].system is not None
+                and clause.tokens[0].code is not None
+            ):
+                return clause, clause.tokens[0]
+    return None
+
+
+def single_patient(query: Query) -> str | None:
+    for clause in query.clauses:
+        if isinstance(clause, ReferenceClause) and clause.field == "patient":
+            if len(clause.ids) == 1:
+                return clause.ids[0]
+    return None
+
+
+def _where(query: Query, *, drive_by_tokens: bool, source: str | None = None) -> _Where:
+    where = _Where()
+    driver = _driving_token(query) if drive_by_tokens else None
+    if driver is not None:
+        token_clause, token = driver
+        # CROSS JOIN makes `tokens` the outer loop: SQLite never reorders it (query planner §5).
+        where.source = "tokens AS t CROSS JOIN resources AS r ON r.rid = t.rid"
+        where.date_start, where.id_column = "t.date_start", "t.id"
+        where.add("t.field = ? AND t.system = ? AND t.code = ?", token_clause.field, token.system)
+        where.params.append(token.code)
+        patient = single_patient(query)
+        if patient is not None:
+            where.add("t.patient = ?", patient)
+    elif source is not None:
+        where.source = source
+    where.add("r.type = ? AND r.deleted = 0", query.resource_type)
+    for clause in query.clauses:
+        if driver is not None and clause is driver[0]:
+            continue
+        _add_clause(where, clause)
+    return where
+
+
+def _add_clause(where: _Where, clause: object) -> None:
+    if isinstance(clause, IdClause):
+        where.add(_in("r.id", len(clause.ids)), *clause.ids)
+    elif isinstance(clause, ReferenceClause):
+        where.add(_in(f"r.{clause.field}", len(clause.ids)), *clause.ids)
+    elif isinstance(clause, TokenClause):
+        alternatives, params = _any_of([_token("x.system", "x.code", t) for t in clause.tokens])
+        exists = (
+            "EXISTS (SELECT 1 FROM tokens AS x WHERE x.rid = r.rid AND x.field = ?"
+            f" AND ({alternatives}))"
+        )
+        where.add(f"NOT {exists}" if clause.negate else exists, clause.field, *params)
+    elif isinstance(clause, DateClause):
+        if clause.field == "date":
+            parts = [_date_range(where.date_start, "r.date_end", b) for b in clause.alternatives]
+        else:
+            parts = [_last_updated(bounds) for bounds in clause.alternatives]
+        condition, params = _any_of(parts)
+        where.add(f"({condition})", *params)
+    elif isinstance(clause, QuantityClause):
+        condition, params = _any_of(
+            [_quantity("q.value", "q.system", "q.code", "q.unit", m) for m in clause.alternatives]
+        )
+        where.add(
+            f"EXISTS (SELECT 1 FROM quantities AS q WHERE q.rid = r.rid AND ({condition}))",
+            *params,
+        )
+    elif isinstance(clause, ComponentClause):
+        parts = []
+        for match in clause.alternatives:
+            token_sql, token_params = _token("c.system", "c.code", match.token)
+            quantity_sql, quantity_params = _quantity(
+                "c.value", "c.q_system", "c.q_code", "c.q_unit", match.quantity
+            )
+            parts.append((f"{token_sql} AND {quantity_sql}", token_params + quantity_params))
+        condition, params = _any_of(parts)
+        where.add(
+            f"EXISTS (SELECT 1 FROM components AS c WHERE c.rid = r.rid AND ({condition}))",
+            *params,
+        )
+    else:  # pragma: no cover - the Clause union is closed
+        raise TypeError(f"unknown clause {clause!r}")
+
+
+Fragment = tuple[str, list[object]]
+
+
+def _in(column: str, count: int) -> str:
+    return f"{column} IN ({', '.join('?' * count)})" if count else "0"
+
+
+def _any_of(parts: list[Fragment]) -> Fragment:
+    if not parts:
+        return "0", []
+    return " OR ".join(f"({sql})" for sql, _ in parts), [p for _, ps in parts for p in ps]
+
+
+def _token(system_column: str, code_column: str, token: TokenMatch) -> Fragment:
+    conditions, params = ["1"], list[object]()
+    if token.system is not None:
+        conditions.append(f"{system_column} = ?")
+        params.append(token.system)
+    if token.code is not None:
+        conditions.append(f"{code_column} = ?")
+        params.append(token.code)
+    return " AND ".join(conditions), params
+
+
+def _number(column: str, bounds: NumberBounds) -> Fragment:
+    conditions, params = ["1"], list[object]()
+    for operator, value in (
+        (">=", bounds.ge),
+        (">", bounds.gt),
+        ("<=", bounds.le),
+        ("<", bounds.lt),
+    ):
+        if value is not None:
+            conditions.append(f"{column} {operator} ?")
+            params.append(value)
+    return " AND ".join(conditions), params
+
+
+def _quantity(value: str, system: str, code: str, unit: str, match: QuantityMatch) -> Fragment:
+    sql, params = _number(value, match.bounds)
+    if match.system is not None:
+        sql += f" AND {system} = ?"
+        params.append(match.system)
+    if match.code is not None:
+        sql += f" AND ({code} = ? OR {unit} = ?)"
+        params.extend((match.code, match.code))
+    return sql, params
+
+
+def _date_range(start: str, end: str, bounds: RangeBounds) -> Fragment:
+    conditions, params = ["1"], list[object]()
+    if bounds.start_ge is not None:
+        conditions.append(f"{start} >= ?")
+        params.append(bounds.start_ge)
+    if bounds.start_lt is not None:
+        conditions.append(f"{start} < ?")
+        params.append(bounds.start_lt)
+    if bounds.end_gt is not None:
+        conditions.append(f"{end} > ? AND {start} > ? - {_MAX_SPAN}")
+        params.extend((bounds.end_gt, bounds.end_gt))
+    if bounds.end_le is not None:
+        conditions.append(f"{end} <= ?")
+        params.append(bounds.end_le)
+    return " AND ".join(conditions), params
+
+
+def _last_updated(bounds: RangeBounds) -> Fragment:
+    """The target range of _lastUpdated is [last_updated, last_updated + 1µs)."""
+    conditions, params = ["1"], list[object]()
+    for lower in (bounds.start_ge, bounds.end_gt):
+        if lower is not None:
+            conditions.append("r.last_updated >= ?")
+            params.append(lower)
+    for upper in (bounds.start_lt, bounds.end_le):
+        if upper is not None:
+            conditions.append("r.last_updated < ?")
+            params.append(upper)
+    return " AND ".join(conditions), params
+
+
+def _sort_columns(query: Query, where: _Where) -> tuple[str, ...]:
+    if query.sort.field == "date":
+        return where.date_start, where.id_column
+    if query.sort.field == "_lastUpdated":
+        return "r.last_updated", where.id_column
+    return (where.id_column,)
+
+
+def _after(columns: tuple[str, ...], cursor: Cursor, descending: bool) -> Fragment:
+    operator = "<" if descending else ">"
+    if len(columns) == 1:
+        return f"{columns[0]} {operator} ?", [cursor.id]
+    return f"({columns[0]}, {columns[1]}) {operator} (?, ?)", [cursor.value, cursor.id]
+
+
+def search(query: Query) -> tuple[Statement, bool]:
+    """SELECT for one page (limit + 1 rows); True when rows come back reversed (a `before` page)."""
+    where = _where(query, drive_by_tokens=True)
+    backwards = query.before is not None
+    descending = query.sort.descending != backwards
+    columns = _sort_columns(query, where)
+    cursor = query.before if query.before is not None else query.after
+    if cursor is not None:
+        keyset, keyset_params = _after(columns, cursor, descending)
+        where.add(keyset, *keyset_params)
+    direction = " DESC" if descending else ""
+    order = ", ".join(column + direction for column in columns)
+    sql = f"SELECT {COLUMNS} FROM {where.source} WHERE {where.text()} ORDER BY {order} LIMIT ?"
+    return Statement(sql, (*where.params, query.limit + 1)), backwards
+
+
+def count(query: Query) -> Statement:
+    where = _where(query, drive_by_tokens=True)
+    return Statement(
+        f"SELECT count(*) FROM {where.source} WHERE {where.text()}", tuple(where.params)
+    )
+
+
+def lastn_groups(query: Query) -> Statement:
+    """The code groups to visit; for one patient a skip scan of the lastn index, a seek each."""
+    patient = single_patient(query)
+    if patient is None:
+        where = _where(query, drive_by_tokens=False)
+        where.add("r.code_group IS NOT NULL")
+        sql = f"SELECT DISTINCT r.code_group FROM {where.source} WHERE {where.text()} ORDER BY 1"
+        return Statement(sql, tuple(where.params))
+    sql = """
+        WITH RECURSIVE grp(code_group) AS (
+            SELECT min(code_group) FROM resources
+            WHERE type = ?1 AND patient = ?2 AND code_group IS NOT NULL
+            UNION ALL
+            SELECT (SELECT min(code_group) FROM resources
+                    WHERE type = ?1 AND patient = ?2 AND code_group > grp.code_group)
+            FROM grp WHERE grp.code_group IS NOT NULL
+        )
+        SELECT code_group FROM grp WHERE code_group IS NOT NULL
+    """
+    return Statement(sql, (query.resource_type, patient))
+
+
+def lastn_group(query: Query, code_group: str, max_per_group: int) -> Statement:
+    """The newest rows of one group: one LIMITed range of (type, patient, code_group, date)."""
+    source = (
+        "resources AS r INDEXED BY resources_lastn"
+        if single_patient(query) is not None
+        else "resources AS r"
+    )
+    where = _where(query, drive_by_tokens=False, source=source)
+    where.add("r.code_group = ?", code_group)
+    sql = (
+        f"SELECT {COLUMNS} FROM {where.source} WHERE {where.text()}"
+        " ORDER BY r.date_start DESC, r.id DESC LIMIT ?"
+    )
+    return Statement(sql, (*where.params, max_per_group))
