@@ -609,6 +609,7 @@ async def test_no_secret_reaches_logs_or_exception_text(
     errors += [transient.value, auth.value]
     assert len(errors) == 4
     assert any(r.name == "fhir_gateway.withings" for r in caplog.records)
-    texts = [caplog.text, *(str(e) for e in errors), *(repr(e) for e in errors)]
+    texts = [caplog.text, repr(harness.client), *(str(e) for e in errors)]
+    texts += [repr(e) for e in errors]
     for secret in (CLIENT_SECRET, code, tokens.access_token, tokens.refresh_token):
         assert all(secret not in text for text in texts)
