@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fhir_gateway.errors import InvalidRequest, VersionConflict
-from fhir_gateway.store.base import Store
+from fhir_gateway.withings.vault import RecordStore
 
 USED_STATE_KIND = "oauth_state_used"
 SECRETS_KIND = "secrets"
@@ -48,7 +48,9 @@ class InvalidState(InvalidRequest):
 class StateSigner:
     """Issues and consumes `state` values; replay protection lives in the Store."""
 
-    def __init__(self, secret: bytes, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, secret: bytes, store: RecordStore, clock: Callable[[], float] = time.time
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the state signing secret must be at least 128 bits")
         self._secret = secret
@@ -112,7 +114,7 @@ class StateSigner:
         return hmac.new(self._secret, encoded_body.encode("ascii"), hashlib.sha256).digest()
 
 
-async def load_or_create_secret(store: Store, name: str) -> bytes:
+async def load_or_create_secret(store: RecordStore, name: str) -> bytes:
     """The 256-bit secret `name`, created on first use; every process ends up with the same one."""
     record = await store.get_record(SECRETS_KIND, name)
     if record is None:

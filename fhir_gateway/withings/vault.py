@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from fhir_gateway.errors import GatewayError, VersionConflict
-from fhir_gateway.store.base import JSONObject, Record, Store
+from fhir_gateway.store.base import JSONObject, Record
 from fhir_gateway.withings.keys import InvalidToken, MultiFernet
 from fhir_gateway.withings.models import TokenSet
 
@@ -35,6 +35,22 @@ MAX_CAS_ATTEMPTS = 5
 TokenStatus = Literal["active", "needs_reauth"]
 
 log = logging.getLogger(__name__)
+
+
+class RecordStore(Protocol):
+    """The compare-and-set record half of `store.base.Store`: all the vault and OAuth state need."""
+
+    async def get_record(self, kind: str, key: str) -> Record | None: ...
+
+    async def put_record(
+        self, kind: str, key: str, data: JSONObject, *, expected_version: int | None = None
+    ) -> Record: ...
+
+    async def delete_record(self, kind: str, key: str) -> bool: ...
+
+    async def list_records(
+        self, kind: str, *, where: Mapping[str, str | int | bool] | None = None, limit: int = 1000
+    ) -> list[Record]: ...
 
 
 class VaultError(GatewayError):
@@ -75,7 +91,7 @@ class TokenVault:
     """Encrypted per-user Withings tokens on top of the Store's compare-and-set records."""
 
     def __init__(
-        self, store: Store, fernet: MultiFernet, *, clock: Callable[[], float] = time.time
+        self, store: RecordStore, fernet: MultiFernet, *, clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         self._fernet = fernet
