@@ -1,4 +1,4 @@
-"""Settings read once from the environment at the entrypoint, validated with one line per problem."""
+"""Settings read once from the environment at the entrypoint; one clear line per problem."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEFAULT_WITHINGS_API_URL = "https://wbsapi.withings.net"
 DEFAULT_WITHINGS_AUTHORIZE_URL = "https://account.withings.com/oauth2_user/authorize2"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     base_url: str = "http://127.0.0.1:8000"
     data_dir: Path = Path("./data")
@@ -114,6 +114,7 @@ class Settings:
                 "WITHINGS_REQUESTS_PER_MINUTE", cls.withings_requests_per_minute, 1
             ),
             log_level=log_level,
+            sandbox=(text("SANDBOX") or "").lower() in {"1", "true", "yes"},
         )
         if mongodb_url and not settings.encryption_key:
             problems.append("ENCRYPTION_KEY is required in production (MONGODB_URL is set)")

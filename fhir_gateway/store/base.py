@@ -226,7 +226,7 @@ class UpsertResult:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A non-FHIR record (tokens, cursors, inbox, access tokens …), versioned for compare-and-set."""
+    """A non-FHIR record (tokens, cursors, inbox …), versioned for compare-and-set."""
 
     kind: str
     key: str
@@ -242,7 +242,6 @@ def to_micros(moment: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
-
 
 
 class Store(Protocol):
@@ -267,8 +266,9 @@ class Store(Protocol):
     async def read(self, resource_type: str, id_: str) -> StoredResource | None:
         """Current version, or a deletion marker (`deleted=True`), or None if never stored."""
 
-    async def vread(self, resource_type: str, id_: str, version_id: int) -> StoredResource | None:
-        ...
+    async def vread(
+        self, resource_type: str, id_: str, version_id: int
+    ) -> StoredResource | None: ...
 
     async def history(self, resource_type: str, id_: str) -> list[StoredResource]:
         """Every version, newest first, deletion markers included."""

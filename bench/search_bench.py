@@ -1,0 +1,205 @@
+"""Search benchmark: patient+code+date search vs a bare endpoint, with wrk, in one run.
+
+Loads a realistic data set into the embedded store (default 200,000 Observations across 100
+patients), serves it with uvicorn exactly like `fhir-gateway serve`, and drives
+`GET /Observation?patient=&code=&date=ge..&date=lt..&_count=20` and `GET /__bare` (the same bytes,
+same server config). Prints req/s, p50 and p99 of both and the ratios. Not a test.
+
+    python bench/search_bench.py [--observations 200000] [--patients 100] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fhir_gateway.fhir.access import create_access_token
+from fhir_gateway.store.sqlite import SQLiteStore
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+KINDS = [
+    ("29463-7", "kg", 70.0, 15.0),
+    ("8867-4", "/min", 70.0, 12.0),
+    ("8310-5", "Cel", 36.8, 0.4),
+    ("59408-5", "%", 97.0, 1.5),
+    ("41982-0", "%", 24.0, 5.0),
+]
+
+
+def observation(index: int, patient: int, moment: datetime, rng: random.Random) -> dict[str, Any]:
+    code, unit, mean, spread = KINDS[index % len(KINDS)]
+    return {
+        "resourceType": "Observation",
+        "id": f"bench-{index}",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},
+        "status": "final",
+        "category": [{"coding": [{"system": CATEGORY, "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/p{patient}"},
+        "effectiveDateTime": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "valueQuantity": {
+            "value": round(rng.gauss(mean, spread), 2),
+            "unit": unit,
+            "system": UCUM,
+            "code": unit,
+        },
+        "device": {"reference": f"Device/d{patient}"},
+    }
+
+
+async def load(data_dir: Path, observations: int, patients: int) -> str:
+    store = SQLiteStore(data_dir / "fhir-gateway.sqlite3")
+    await store.open()
+    rng = random.Random(42)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    per_patient = observations // patients
+    batch: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    for index in range(observations):
+        patient = index % patients
+        # Spread each patient's rows evenly over two years.
+        step = (index // patients) * (730 * 86400 // max(per_patient, 1))
+        batch.append(observation(index, patient, start + timedelta(seconds=step), rng))
+        if len(batch) == 2000:
+            await store.upsert(batch)
+            batch.clear()
+    if batch:
+        await store.upsert(batch)
+    token = await create_access_token(store, label="bench")
+    await store.close()
+    print(
+        f"loaded {observations} Observations in {time.perf_counter() - began:.1f} s",
+        file=sys.stderr,
+    )
+    return token
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not become ready at {url}")
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+        found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is required: apt-get install wrk")
+    return found
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def run_wrk(wrk: str, url: str, token: str, duration: int, connections: int) -> dict[str, float]:
+    output = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+         "-H", f"Authorization: Bearer {token}", url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"50%\s+(\S+)", output)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"99%\s+(\S+)", output)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise RuntimeError(f"{errors[1]} error responses from {url}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--observations", type=int, default=200_000)
+    parser.add_argument("--patients", type=int, default=100)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+
+    with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
+        data_dir = Path(tmp)
+        token = asyncio.run(load(data_dir, args.observations, args.patients))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        search = f"{base}/Observation?patient=p7&code=http://loinc.org|29463-7&date=ge2024-03-01&date=lt2024-09-01&_count=20"
+        body_path = data_dir / "bare.json"
+        request = urllib.request.Request(search, headers={"Authorization": f"Bearer {token}"})
+        env = {**os.environ, "DATA_DIR": str(data_dir), "BASE_URL": base, "LOG_LEVEL": "WARNING",
+               "ENCRYPTION_KEY": "", "BENCH_BARE_BODY": str(body_path)}  # fmt: skip
+        body_path.write_bytes(b"{}")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bench_app:create", "--factory",
+             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            env=env, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        try:
+            wait_ready(f"{base}/health")
+            with urllib.request.urlopen(request) as response:
+                body_path.write_bytes(response.read())
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=10)
+        # Restart so the bare route serves the captured search bytes.
+        server = subprocess.Popen(server.args, env=env, cwd=Path(__file__).resolve().parent.parent)
+        try:
+            wait_ready(f"{base}/health")
+            run_wrk(wrk, search, token, 2, args.connections)  # warm-up
+            searched = run_wrk(wrk, search, token, args.duration, args.connections)
+            bare = run_wrk(wrk, f"{base}/__bare", token, args.duration, args.connections)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=10)
+
+    print(f"data set: {args.observations} Observations, {args.patients} patients; "
+          f"wrk 1 thread, {args.connections} connections, {args.duration} s each")  # fmt: skip
+    print(f"{'':8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, figures in (("search", searched), ("bare", bare)):
+        print(f"{name:8}{figures['rps']:>10.0f}{figures['p50']:>10.2f}{figures['p99']:>10.2f}")
+    ratio = searched["rps"] / bare["rps"]
+    p99_ratio = searched["p99"] / bare["p99"]
+    print(f"ratio search/bare req/s: {ratio:.2f} (target >= 0.6)")
+    print(f"ratio search/bare p99:   {p99_ratio:.2f} (target <= 2.0)")
+
+
+if __name__ == "__main__":
+    main()

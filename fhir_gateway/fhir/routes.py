@@ -1,0 +1,341 @@
+"""The FHIR REST endpoints: thin, they parse, ask the store, and assemble bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhir_gateway.errors import Gone, InvalidRequest, NotFound, PayloadTooLarge
+from fhir_gateway.fhir import bundle
+from fhir_gateway.fhir.access import AccessContext, Authenticator
+from fhir_gateway.fhir.capability import capability_statement
+from fhir_gateway.fhir.http import (
+    fhir_response,
+    negotiate,
+    not_modified,
+    require_form,
+    version_headers,
+)
+from fhir_gateway.fhir.outcome import warnings_outcome
+from fhir_gateway.fhir.search import (
+    ParsedSearch,
+    encode_cursor,
+    parse_lastn,
+    parse_search,
+    restrict_to_patient,
+)
+from fhir_gateway.fhir.terminology import code_systems
+from fhir_gateway.store.base import Cursor, Store, StoredResource
+
+READABLE_TYPES = ("Observation", "Patient", "Device")
+MAX_FORM_BYTES = 64 * 1024
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _compartment_patient(resource_type: str, resource: dict[str, Any]) -> str | None:
+    """The Patient whose compartment holds this resource (FHIR R4 compartmentdefinition-patient)."""
+    if resource_type == "Patient":
+        return str(resource.get("id"))
+    field = "subject" if resource_type == "Observation" else "patient"
+    reference = resource.get(field, {}).get("reference", "")
+    kind, _, patient_id = reference.rpartition("/")
+    return patient_id if kind.endswith("Patient") else None
+
+
+class FhirApi:
+    def __init__(
+        self,
+        store: Store,
+        authenticator: Authenticator,
+        base_url: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+
+    async def access(self, request: Request) -> AccessContext:
+        return await self.authenticator.authenticate(request.headers.get("authorization"))
+
+    # -------------------------------------------------------------------- capabilities
+
+    async def metadata(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        return fhir_response(capability_statement(self.base_url), media_type=media_type)
+
+    async def code_system(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        await self.access(request)
+        wanted = request.path_params["id"]
+        for code_system in code_systems():
+            if code_system["id"] == wanted:
+                return fhir_response(code_system, media_type=media_type)
+        raise NotFound(f"CodeSystem/{wanted} is not known")
+
+    # -------------------------------------------------------------------- instance level
+
+    async def _visible(
+        self, context: AccessContext, stored: StoredResource | None, label: str
+    ) -> StoredResource:
+        if stored is None:
+            raise NotFound(f"{label} is not known")
+        if context.patient_id is not None:
+            if stored.deleted:
+                # A deletion marker has no content to check the compartment against; look at the
+                # last live version so deletions outside the compartment stay invisible.
+                versions = await self.store.history(stored.resource_type, stored.id)
+                live = next((v for v in versions if not v.deleted), None)
+                owner = (
+                    _compartment_patient(stored.resource_type, orjson.loads(live.json))
+                    if live
+                    else None
+                )
+            else:
+                owner = _compartment_patient(stored.resource_type, orjson.loads(stored.json))
+            if owner != context.patient_id:
+                raise NotFound(f"{label} is not known")
+        return stored
+
+    def _resource_type(self, request: Request) -> str:
+        resource_type = str(request.path_params["type"])
+        if resource_type not in READABLE_TYPES:
+            raise NotFound(f"resource type {resource_type!r} is not served here")
+        return resource_type
+
+    async def read(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        resource_type = self._resource_type(request)
+        context = await self.access(request)
+        context.require_read(resource_type)
+        id_ = request.path_params["id"]
+        label = f"{resource_type}/{id_}"
+        stored = await self._visible(context, await self.store.read(resource_type, id_), label)
+        if stored.deleted:
+            raise Gone(f"{label} was deleted")
+        headers = version_headers(stored)
+        if not_modified(request, stored):
+            return Response(status_code=304, headers=headers)
+        return fhir_response(stored.json, media_type=media_type, headers=headers)
+
+    async def vread(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        resource_type = self._resource_type(request)
+        context = await self.access(request)
+        context.require_read(resource_type)
+        id_ = request.path_params["id"]
+        try:
+            version_id = int(request.path_params["vid"])
+        except ValueError:
+            raise NotFound(f"version {request.path_params['vid']!r} is not known") from None
+        label = f"{resource_type}/{id_}/_history/{version_id}"
+        await self._visible(context, await self.store.read(resource_type, id_), label)
+        stored = await self.store.vread(resource_type, id_, version_id)
+        if stored is None:
+            raise NotFound(f"{label} is not known")
+        if stored.deleted:
+            raise Gone(f"{label} is a deletion")
+        headers = version_headers(stored)
+        if not_modified(request, stored):
+            return Response(status_code=304, headers=headers)
+        return fhir_response(stored.json, media_type=media_type, headers=headers)
+
+    async def instance_history(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        resource_type = self._resource_type(request)
+        context = await self.access(request)
+        context.require_read(resource_type)
+        id_ = request.path_params["id"]
+        label = f"{resource_type}/{id_}"
+        await self._visible(context, await self.store.read(resource_type, id_), label)
+        versions = await self.store.history(resource_type, id_)
+        body = bundle.history(
+            base_url=self.base_url,
+            self_url=f"{self.base_url}/{label}/_history",
+            versions=versions,
+        )
+        return fhir_response(body, media_type=media_type)
+
+    # -------------------------------------------------------------------- search
+
+    async def search_get(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        resource_type = self._resource_type(request)
+        params = list(request.query_params.multi_items())
+        return await self._search(request, resource_type, params, media_type)
+
+    async def search_post(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        resource_type = self._resource_type(request)
+        require_form(request)
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise PayloadTooLarge(f"search form larger than {MAX_FORM_BYTES} bytes")
+        try:
+            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise InvalidRequest("the search form is not UTF-8") from None
+        # FHIR R4 search §3.1.1.1: parameters may be split between URL and body.
+        params = list(request.query_params.multi_items()) + form
+        return await self._search(request, resource_type, params, media_type)
+
+    async def _search(
+        self,
+        request: Request,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        media_type: str,
+    ) -> Response:
+        context = await self.access(request)
+        context.require_read(resource_type)
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        parsed = parse_search(resource_type, params, strict=strict, now=self.clock())
+        if context.patient_id is not None:
+            parsed = restrict_to_patient(parsed, context.patient_id)
+        messages = [
+            f"parameter {name!r} is not supported and was ignored" for name in parsed.ignored
+        ]
+        messages += list(parsed.warnings)
+        outcome = warnings_outcome(messages) if messages else None
+        self_url = bundle.search_url(self.base_url, resource_type, parsed.self_params)
+
+        if parsed.summary_count:
+            body = bundle.searchset(
+                base_url=self.base_url,
+                entries=[],
+                links=[("self", self_url)],
+                total=await self.store.count(parsed.query),
+                outcome=outcome,
+            )
+            return fhir_response(body, media_type=media_type)
+
+        page = await self.store.search(parsed.query)
+        links = [("self", self_url)] + self._paging_links(
+            resource_type, parsed, page.resources, page.more
+        )
+        total: int | None = None
+        if parsed.total != "none":
+            total = await self.store.count(parsed.query)
+        elif parsed.query.after is None and parsed.query.before is None and not page.more:
+            total = len(page.resources)
+        entries = [bundle.SearchEntry(stored, "match") for stored in page.resources]
+        entries += await self._includes(context, parsed, page.resources)
+        body = bundle.searchset(
+            base_url=self.base_url,
+            entries=entries,
+            links=links,
+            total=total,
+            outcome=outcome,
+            elements=parsed.elements,
+        )
+        return fhir_response(body, media_type=media_type)
+
+    def _paging_links(
+        self,
+        resource_type: str,
+        parsed: ParsedSearch,
+        rows: list[StoredResource],
+        more: bool,
+    ) -> list[tuple[str, str]]:
+        if not rows:
+            return []
+        sort = parsed.query.sort
+        going_back = parsed.query.before is not None
+        has_next = (not going_back and more) or going_back
+        has_previous = (going_back and more) or (not going_back and parsed.query.after is not None)
+        links: list[tuple[str, str]] = []
+        if has_next:
+            last = rows[-1]
+            cursor = encode_cursor("next", sort, Cursor(last.sort_value(sort.field), last.id))
+            links.append(
+                (
+                    "next",
+                    bundle.search_url(
+                        self.base_url, resource_type, [*parsed.self_params, ("_page", cursor)]
+                    ),
+                )
+            )
+        if has_previous:
+            first = rows[0]
+            cursor = encode_cursor("prev", sort, Cursor(first.sort_value(sort.field), first.id))
+            links.append(
+                (
+                    "previous",
+                    bundle.search_url(
+                        self.base_url, resource_type, [*parsed.self_params, ("_page", cursor)]
+                    ),
+                )
+            )
+        return links
+
+    async def _includes(
+        self, context: AccessContext, parsed: ParsedSearch, rows: list[StoredResource]
+    ) -> list[bundle.SearchEntry]:
+        if not parsed.includes or not rows:
+            return []
+        wanted: dict[tuple[str, str], None] = {}
+        for stored in rows:
+            resource = orjson.loads(stored.json)
+            for include in parsed.includes:
+                field, target = (
+                    ("subject", "Patient")
+                    if include == "Observation:patient"
+                    else ("device", "Device")
+                )
+                reference = resource.get(field, {}).get("reference", "")
+                kind, _, ref_id = reference.rpartition("/")
+                if kind.endswith(target) and ref_id:
+                    wanted[(target, ref_id)] = None
+        included: list[bundle.SearchEntry] = []
+        for resource_type, id_ in wanted:
+            if not context.can_read(resource_type):
+                continue
+            included_resource = await self.store.read(resource_type, id_)
+            if included_resource is None or included_resource.deleted:
+                continue
+            if context.patient_id is not None:
+                owner = _compartment_patient(resource_type, orjson.loads(included_resource.json))
+                if owner != context.patient_id:
+                    continue
+            included.append(bundle.SearchEntry(included_resource, "include"))
+        return included
+
+    async def lastn(self, request: Request) -> Response:
+        media_type = negotiate(request)
+        context = await self.access(request)
+        context.require_read("Observation")
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        params = list(request.query_params.multi_items())
+        parsed = parse_lastn(params, strict=strict, now=self.clock())
+        if context.patient_id is not None:
+            parsed = restrict_to_patient(parsed, context.patient_id)
+        rows = await self.store.lastn(parsed.query, parsed.max_per_group)
+        self_url = bundle.search_url(self.base_url, "Observation/$lastn", parsed.self_params)
+        body = bundle.searchset(
+            base_url=self.base_url,
+            entries=[bundle.SearchEntry(stored, "match") for stored in rows],
+            links=[("self", self_url)],
+            total=len(rows),
+        )
+        return fhir_response(body, media_type=media_type)
+
+
+def fhir_routes(api: FhirApi) -> list[Route]:
+    return [
+        Route("/metadata", api.metadata, methods=["GET"]),
+        Route("/CodeSystem/{id}", api.code_system, methods=["GET"]),
+        Route("/Observation/$lastn", api.lastn, methods=["GET"]),
+        Route("/{type}/_search", api.search_post, methods=["POST"]),
+        Route("/{type}/{id}/_history/{vid}", api.vread, methods=["GET"]),
+        Route("/{type}/{id}/_history", api.instance_history, methods=["GET"]),
+        Route("/{type}/{id}", api.read, methods=["GET"]),
+        Route("/{type}", api.search_get, methods=["GET"]),
+    ]
