@@ -17,7 +17,9 @@ class TokenSet:
     scope: str
 
     def __repr__(self) -> str:  # tokens never reach logs through a repr
-        return f"TokenSet(userid={self.userid!r}, expires_at={self.expires_at}, scope={self.scope!r})"
+        return (
+            f"TokenSet(userid={self.userid!r}, expires_at={self.expires_at}, scope={self.scope!r})"
+        )
 
     @classmethod
     def from_body(cls, body: dict[str, Any], now: float) -> TokenSet:
