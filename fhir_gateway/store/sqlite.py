@@ -56,6 +56,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS resources_by_id ON resources (type, id);
 CREATE INDEX IF NOT EXISTS resources_by_patient_date ON resources (type, patient, date_start, id);
 CREATE INDEX IF NOT EXISTS resources_lastn
     ON resources (type, patient, code_group, date_start, id);
+CREATE INDEX IF NOT EXISTS resources_by_patient_updated
+    ON resources (type, patient, last_updated, id);
+CREATE INDEX IF NOT EXISTS resources_by_patient_id ON resources (type, patient, id);
 CREATE INDEX IF NOT EXISTS resources_by_date ON resources (type, date_start, id);
 CREATE INDEX IF NOT EXISTS resources_by_last_updated ON resources (type, last_updated, id);
 CREATE INDEX IF NOT EXISTS resources_by_device ON resources (type, device);

@@ -22,6 +22,7 @@ from fhir_gateway.store import (
     QuantityMatch,
     Query,
     RangeBounds,
+    Record,
     ReferenceClause,
     Sort,
     Store,
@@ -353,6 +354,24 @@ async def test_last_updated_clause(store: Store) -> None:
     assert await found(store, last_updated(RangeBounds(start_lt=micros))) == []
 
 
+async def test_long_closed_periods_are_found_by_date_windows(store: Store) -> None:
+    """Backends may prune `date_end > v` by the widest stored span: it must grow with the data."""
+    await store.upsert(
+        [
+            fx.weight("w1", "p1", "2024-05-01T08:00:00Z", 70),
+            fx.steps("day", "p1", "2024-05-01", "2024-05-02", 9000),  # [05-01, 05-03)
+        ]
+    )
+    window = date_clause(RangeBounds(end_gt=at("2024-05-02T12:00:00Z")))
+    assert await found(store, observations(window)) == ["day"]
+    await store.upsert([fx.steps("month", "p1", "2024-04-01", "2024-04-30", 250000)])
+    assert await found(store, observations(date_clause(RangeBounds(end_gt=at("2024-04-29"))))) == [
+        "day",
+        "month",
+        "w1",
+    ]
+
+
 QUANTITY_CASES = [
     (QuantityMatch(NumberBounds(ge=72.5)), ["s1", "s2", "w1", "w3"]),
     (QuantityMatch(NumberBounds(gt=70, lt=80)), ["w1", "w2"]),
@@ -576,8 +595,8 @@ async def test_list_records_filters_by_kind_and_fields_in_key_order(store: Store
     await store.put_record("inbox", "c", {"state": "done", "tries": 1, "urgent": True})
     await store.put_record("other", "a", {"state": "pending"})
 
-    def keys(records: list[object]) -> list[str]:
-        return [record.key for record in records]  # type: ignore[attr-defined]
+    def keys(records: list[Record]) -> list[str]:
+        return [record.key for record in records]
 
     assert keys(await store.list_records("inbox")) == ["a", "b", "c"]
     assert keys(await store.list_records("inbox", where={"state": "pending"})) == ["a", "b"]
@@ -585,7 +604,7 @@ async def test_list_records_filters_by_kind_and_fields_in_key_order(store: Store
     assert keys(await store.list_records("inbox", where={"urgent": True})) == ["b", "c"]
     assert keys(await store.list_records("inbox", where={"urgent": 1})) == []  # bool is not int
     assert keys(await store.list_records("inbox", where={"tries": True})) == []
-    where = {"state": "pending", "urgent": True}
+    where: dict[str, str | int | bool] = {"state": "pending", "urgent": True}
     assert keys(await store.list_records("inbox", where=where)) == ["b"]
     assert keys(await store.list_records("inbox", limit=2)) == ["a", "b"]
     assert keys(await store.list_records("inbox", where={"missing": "x"})) == []
