@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fhir_gateway.errors import VersionConflict
+from fhir_gateway.store import SQLiteStore, Store
 from fhir_gateway.store.base import JSONObject, Record
+from tests.store.conftest import make_mongo_store
 
 
 class MemoryRecordStore:
@@ -88,12 +89,9 @@ class HookedStore:
         return await self._inner.list_records(kind, where=where, limit=limit)  # type: ignore[no-any-return]
 
 
-def _sqlite_available() -> bool:
-    return importlib.util.find_spec("fhir_gateway.store.sqlite") is not None
-
-
-# The vault and token tests run against every backend that exists in the tree.
-STORE_KINDS = ["memory", *(["sqlite"] if _sqlite_available() else [])]
+# The vault, state and token tests run against every backend: this fake, SQLite, and MongoDB
+# (mongomock-motor, made to yield like real I/O by the store contract tests' fixtures).
+STORE_KINDS = ["memory", "sqlite", "mongo"]
 
 
 @asynccontextmanager
@@ -101,9 +99,11 @@ async def open_store(kind: str, directory: Path) -> AsyncIterator[Any]:
     if kind == "memory":
         yield MemoryRecordStore()
         return
-    from fhir_gateway.store.sqlite import SQLiteStore
-
-    store = SQLiteStore(directory / "gateway.sqlite3")
+    store: Store
+    if kind == "sqlite":
+        store = SQLiteStore(directory / "gateway.sqlite3")
+    else:
+        store = make_mongo_store()
     await store.open()
     try:
         yield store
