@@ -352,7 +352,7 @@ class _Parser:
                     self.includes.append(value)
                     self.self_params.append((name, value))
             else:
-                self.unsupported(f"_include={value}", "not a supported _include value")
+                self.unsupported(f"_include={value[:80]}", "not a supported _include value")
         elif name in self.result_values:
             raise _invalid(name, value, "the parameter may appear only once")
         else:
@@ -381,7 +381,7 @@ class _Parser:
             raise _invalid("_sort", text, "expected [-]key[,[-]key...]")
         sort_field = _SORT_FIELDS.get(field)
         if sort_field is None or sort_field not in self.spec.sort_fields:
-            self.unsupported(f"_sort={text}", f"{_show(field)} is not a sort key of this type")
+            self.unsupported(f"_sort={text[:80]}", f"{_show(field)} is not a sort key of this type")
             return Sort()
         if rest:
             if self.strict:
@@ -426,7 +426,7 @@ class _Parser:
 
 def _bounded_int(digits: str, ceiling: int) -> int:
     """ASCII digits as an int no larger than `ceiling` (int() refuses > 4300 digits)."""
-    significant = digits.lstrip("0")
+    significant = digits.lstrip("0") or "0"
     return min(int(significant), ceiling) if len(significant) <= 18 else ceiling
 
 
