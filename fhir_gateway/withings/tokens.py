@@ -102,7 +102,7 @@ class TokenManager:
             if self._fresh(stored):
                 return stored.tokens.access_token
             try:
-                fresh = await self._endpoint.refresh(stored.tokens.refresh_token)
+                rotated = await self._endpoint.refresh(stored.tokens.refresh_token)
             except WithingsInvalidGrant as refused:
                 try:
                     # CAS on the version we refreshed from: if a holder whose lease ran out
@@ -113,16 +113,16 @@ class TokenManager:
                 except VersionConflict:
                     continue
                 raise NeedsReauth(userid, "invalid_grant") from refused
-            if fresh.userid != userid:
+            if rotated.userid != userid:
                 raise WithingsError(f"token refresh for user {userid} answered for another user")
             try:
                 # Persist before use: once the new access token is used, Withings kills the old
                 # refresh token, and an unsaved new pair would strand the user.
-                version = await self._vault.save(fresh, expected_version=stored.version)
+                version = await self._vault.save(rotated, expected_version=stored.version)
             except VersionConflict:
                 continue  # someone else saved a newer pair first: discard ours, re-read theirs
             log.info("refreshed withings tokens for user %s (version %d)", userid, version)
-            return fresh.access_token
+            return rotated.access_token
         raise VersionConflict(f"withings tokens of user {userid} kept changing during refresh")
 
     def _fresh(self, stored: StoredTokens) -> bool:
