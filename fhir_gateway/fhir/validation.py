@@ -130,11 +130,13 @@ def validate_vital_signs(resource: Mapping[str, Any]) -> None:
     loinc = _codes(resource.get("code"), LOINC)
     if not loinc:
         raise InvalidResource("vital signs: code needs a LOINC coding")
-    for profile in resource.get("meta", {}).get("profile", []):
-        fixed = PROFILE_CODES.get(profile)
+    meta = resource.get("meta")
+    for profile in meta.get("profile", []) if isinstance(meta, dict) else []:
+        fixed = PROFILE_CODES.get(profile) if isinstance(profile, str) else None
         if fixed is not None and fixed not in loinc:
             raise InvalidResource(f"vital signs: profile {profile} requires LOINC {fixed}")
-    subject = resource.get("subject", {}).get("reference", "")
+    subject = resource.get("subject")
+    subject = subject.get("reference") if isinstance(subject, dict) else None
     if not isinstance(subject, str) or not subject.startswith("Patient/"):
         raise InvalidResource("vital signs: subject must reference a Patient")
     effective = resource.get("effectiveDateTime")

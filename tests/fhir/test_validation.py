@@ -114,6 +114,7 @@ WEIGHT_BREAKAGES = {
     "no LOINC": _set("code.coding.0.system", "https://example.org/local"),
     "profile code mismatch": _set("code.coding.0.code", "8867-4"),
     "subject is a device": _set("subject", {"reference": "Device/withings-1"}),
+    "subject is not a reference": _set("subject", "Patient/withings-1"),
     "no effective": _set("effectiveDateTime", _DELETE),
     "year-only effective (vs-1)": _set("effectiveDateTime", "2023"),
     "no value (vs-2)": _set("valueQuantity", _DELETE),
