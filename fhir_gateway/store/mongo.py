@@ -120,12 +120,13 @@ class MongoStore:
         self._check()
         try:
             await self._resources.create_index([("type", 1), ("id", 1)], unique=True)
+            # id ends each compound index so that (date_start, id) sorts need no in-memory sort.
             for key in ("codes", "categories"):
                 await self._resources.create_index(
-                    [("patient", 1), (f"{key}.s", 1), (f"{key}.c", 1), ("date_start", 1)]
+                    [("patient", 1), (f"{key}.s", 1), (f"{key}.c", 1), ("date_start", 1), ("id", 1)]
                 )
             await self._resources.create_index(
-                [("patient", 1), ("code_group", 1), ("date_start", -1)]
+                [("patient", 1), ("code_group", 1), ("date_start", -1), ("id", -1)]
             )
             await self._resources.create_index([("type", 1), ("last_updated", 1), ("id", 1)])
             await self._resources.create_index([("type", 1), ("date_start", 1), ("id", 1)])
@@ -351,7 +352,11 @@ class MongoStore:
         """Distinct code groups, then one sorted, limited query per group (index-served)."""
         self._check()
         conditions = mongo_query.match(query, await self._max_span(query))
-        groups = await self._resources.distinct("code_group", conditions)
+        patient = mongo_query.single_patient(query)
+        # With one patient, distinct on the (patient, code_group, …) index prefix alone is a
+        # DISTINCT_SCAN (one seek per group); each group's query then applies every clause.
+        scope = {"patient": patient} if patient is not None else conditions
+        groups = await self._resources.distinct("code_group", scope)
         newest: list[StoredResource] = []
         for code_group in sorted(group for group in groups if group is not None):
             in_group = {"$and": [*conditions["$and"], {"code_group": code_group}]}

@@ -139,4 +139,17 @@ def keyset(sort_field: str, value: int | str, id_: str, descending: bool) -> Fil
     operator = "$lt" if descending else "$gt"
     if sort_field == "id":
         return {"id": {operator: id_}}
-    return {"$or": [{sort_field: {operator: value}}, {sort_field: value, "id": {operator: id_}}]}
+    # The inclusive bound on sort_field alone is what the index range uses; the $or breaks ties.
+    inclusive = "$lte" if descending else "$gte"
+    return {
+        sort_field: {inclusive: value},
+        "$or": [{sort_field: {operator: value}}, {"id": {operator: id_}}],
+    }
+
+
+def single_patient(query: Query) -> str | None:
+    for clause in query.clauses:
+        if isinstance(clause, ReferenceClause) and clause.field == "patient":
+            if len(clause.ids) == 1:
+                return clause.ids[0]
+    return None

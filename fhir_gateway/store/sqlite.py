@@ -232,11 +232,13 @@ class SQLiteStore:
 
     async def _run(self, pool: ThreadPoolExecutor, work: Callable[[], _T]) -> _T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work)
+            future = asyncio.get_running_loop().run_in_executor(pool, work)
+        except RuntimeError as error:  # the executor was shut down by a concurrent close()
+            raise StoreError("the SQLite store is closed") from error
+        try:
+            return await future
         except sqlite3.Error as error:
             raise StoreError(f"SQLite store failed: {error}") from error
-        except RuntimeError as error:  # the executor was shut down under us
-            raise StoreError("the SQLite store is closed") from error
 
     # -------------------------------------------------------------------- FHIR resources
 

@@ -52,9 +52,9 @@ async def test_open_creates_the_search_indexes_and_is_idempotent() -> None:
     indexes = (await raw["resources"].index_information()).values()
     names = [tuple(name for name, _ in spec["key"]) for spec in indexes]
     assert ("type", "id") in names
-    assert ("patient", "codes.s", "codes.c", "date_start") in names
-    assert ("patient", "categories.s", "categories.c", "date_start") in names
-    assert ("patient", "code_group", "date_start") in names
+    assert ("patient", "codes.s", "codes.c", "date_start", "id") in names
+    assert ("patient", "categories.s", "categories.c", "date_start", "id") in names
+    assert ("patient", "code_group", "date_start", "id") in names
     assert ("type", "last_updated", "id") in names
     record_indexes = (await raw["records"].index_information()).values()
     assert any(spec.get("unique") and len(spec["key"]) == 2 for spec in record_indexes)
