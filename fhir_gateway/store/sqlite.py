@@ -36,93 +36,6 @@ from fhir_gateway.store.versioning import content_hash, date_span, next_last_upd
 _T = TypeVar("_T")
 _READERS = 4
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    rid INTEGER PRIMARY KEY,
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    last_updated INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    json BLOB NOT NULL,
-    patient TEXT,
-    device TEXT,
-    date_start INTEGER NOT NULL,
-    date_end INTEGER NOT NULL,
-    code_group TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS resources_by_id ON resources (type, id);
-CREATE INDEX IF NOT EXISTS resources_by_patient_date ON resources (type, patient, date_start, id);
-CREATE INDEX IF NOT EXISTS resources_lastn
-    ON resources (type, patient, code_group, date_start, id);
-CREATE INDEX IF NOT EXISTS resources_by_patient_updated
-    ON resources (type, patient, last_updated, id);
-CREATE INDEX IF NOT EXISTS resources_by_patient_id ON resources (type, patient, id);
-CREATE INDEX IF NOT EXISTS resources_by_date ON resources (type, date_start, id);
-CREATE INDEX IF NOT EXISTS resources_by_last_updated ON resources (type, last_updated, id);
-CREATE INDEX IF NOT EXISTS resources_by_device ON resources (type, device);
-
-CREATE TABLE IF NOT EXISTS history (
-    type TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    last_updated INTEGER NOT NULL,
-    deleted INTEGER NOT NULL,
-    json BLOB NOT NULL,
-    date_start INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS history_by_version ON history (type, id, version);
-
--- patient and date_start are copied here so patient+code+date is one primary-key range.
-CREATE TABLE IF NOT EXISTS tokens (
-    field TEXT NOT NULL,
-    system TEXT NOT NULL,
-    code TEXT NOT NULL,
-    patient TEXT NOT NULL,
-    date_start INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    rid INTEGER NOT NULL,
-    PRIMARY KEY (field, system, code, patient, date_start, id, rid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tokens_by_resource ON tokens (rid, field, system, code);
-
-CREATE TABLE IF NOT EXISTS quantities (
-    rid INTEGER NOT NULL,
-    value REAL NOT NULL,
-    system TEXT NOT NULL,
-    code TEXT NOT NULL,
-    unit TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quantities_by_resource ON quantities (rid);
-
-CREATE TABLE IF NOT EXISTS components (
-    rid INTEGER NOT NULL,
-    system TEXT NOT NULL,
-    code TEXT NOT NULL,
-    value REAL NOT NULL,
-    q_system TEXT NOT NULL,
-    q_code TEXT NOT NULL,
-    q_unit TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS components_by_resource ON components (rid);
-
--- The widest [date_start, date_end) ever stored; only grows (see sqlite_query._MAX_SPAN).
-CREATE TABLE IF NOT EXISTS span_bound (
-    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
-    max_span INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO span_bound VALUES (0, 0);
-
-CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (kind, key)
-);
-"""
-
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -185,7 +98,7 @@ class SQLiteStore:
             raise
 
     def _create_schema(self, connection: sqlite3.Connection) -> None:
-        connection.executescript(SCHEMA)
+        connection.executescript(sqlite_query.SCHEMA)
         self._known_span = connection.execute("SELECT max_span FROM span_bound").fetchone()[0]
 
     async def close(self) -> None:
