@@ -42,8 +42,10 @@ KINDS = [
 ]
 
 
-def observation(index: int, patient: int, moment: datetime, rng: random.Random) -> dict[str, Any]:
-    code, unit, mean, spread = KINDS[index % len(KINDS)]
+def observation(
+    index: int, patient: int, kind: int, moment: datetime, rng: random.Random
+) -> dict[str, Any]:
+    code, unit, mean, spread = KINDS[kind % len(KINDS)]
     return {
         "resourceType": "Observation",
         "id": f"bench-{index}",
@@ -75,7 +77,8 @@ async def load(data_dir: Path, observations: int, patients: int) -> str:
         patient = index % patients
         # Spread each patient's rows evenly over two years.
         step = (index // patients) * (730 * 86400 // max(per_patient, 1))
-        batch.append(observation(index, patient, start + timedelta(seconds=step), rng))
+        moment = start + timedelta(seconds=step)
+        batch.append(observation(index, patient, index // patients, moment, rng))
         if len(batch) == 2000:
             await store.upsert(batch)
             batch.clear()

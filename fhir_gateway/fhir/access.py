@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -89,10 +92,25 @@ def parse_scopes(scope_text: str) -> tuple[tuple[Scope, ...], bool]:
 
 
 class StoreTokenAuthenticator:
-    """Opaque bearer tokens whose SHA-256 digests are records in the Store."""
+    """Opaque bearer tokens whose SHA-256 digests are records in the Store.
 
-    def __init__(self, store: Store) -> None:
+    Valid tokens are remembered for `cache_seconds` so the hot path costs no store round trip;
+    a revoked token therefore stops working within that time. Unknown tokens are never cached.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        cache_size: int = 4096,
+    ) -> None:
         self._store = store
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[float, AccessContext]] = OrderedDict()
 
     async def authenticate(self, authorization: str | None) -> AccessContext:
         if not authorization:
@@ -101,14 +119,25 @@ class StoreTokenAuthenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must use the Bearer scheme")
-        record = await self._store.get_record(ACCESS_TOKEN_KIND, token_digest(token))
+        digest = token_digest(token)
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self._store.get_record(ACCESS_TOKEN_KIND, digest)
         if record is None or record.data.get("revoked"):
+            self._cache.pop(digest, None)
             raise Unauthorized("the access token is not valid")
         scopes, admin = parse_scopes(str(record.data["scope"]))
         patient = record.data.get("patient")
-        return AccessContext(
+        context = AccessContext(
             patient_id=str(patient) if patient else None, scopes=scopes, admin=admin
         )
+        self._cache[digest] = (now + self._cache_seconds, context)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return context
 
 
 async def create_access_token(

@@ -113,6 +113,8 @@ def _invalid(name: str, value: str, why: str) -> InvalidSearch:
 
 def _split_escaped(text: str, separator: str) -> list[str]:
     """Split on `separator` where it is not escaped by a backslash; escapes are kept."""
+    if "\\" not in text:
+        return text.split(separator)  # the common case, and the hot path of every search
     pieces: list[str] = []
     current: list[str] = []
     index = 0
