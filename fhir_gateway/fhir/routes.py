@@ -31,8 +31,8 @@ from fhir_gateway.fhir.search import (
     parse_search,
     restrict_to_patient,
 )
-from fhir_gateway.fhir.terminology import code_systems
 from fhir_gateway.store.base import Cursor, Store, StoredResource
+from fhir_gateway.withings.terminology import code_systems
 
 READABLE_TYPES = ("Observation", "Patient", "Device")
 MAX_FORM_BYTES = 64 * 1024

@@ -7,11 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fhir_gateway.fhir.terminology import (
-    afib_code_system,
-    code_systems,
-    meastype_code_system,
-)
 from fhir_gateway.fhir.validation import (
     BP_COMPONENTS,
     VITAL_SIGN_UNITS,
@@ -25,6 +20,11 @@ from fhir_gateway.withings.meastypes import (
     MEASTYPES,
     POSITIONS,
     VITALSIGNS_PROFILE,
+)
+from fhir_gateway.withings.terminology import (
+    afib_code_system,
+    code_systems,
+    meastype_code_system,
 )
 
 DOC = (Path(__file__).parents[1] / "fixtures" / "withings" / "withings-api.md").read_text()
