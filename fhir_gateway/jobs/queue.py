@@ -104,7 +104,7 @@ class ArqQueue:
 
     async def close(self) -> None:
         if self._owns_connection:
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
 
 
 # ---------------------------------------------------------------- in-process
