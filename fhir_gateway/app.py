@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from fhir_gateway.config import Settings
 from fhir_gateway.errors import (
@@ -25,12 +27,20 @@ from fhir_gateway.fhir.access import StoreTokenAuthenticator
 from fhir_gateway.fhir.http import error_response
 from fhir_gateway.fhir.routes import FhirApi, fhir_routes
 from fhir_gateway.middleware import EdgeMiddleware
-from fhir_gateway.services import ServicesHolder, open_services
+from fhir_gateway.services import (
+    SANDBOX_MOUNT,
+    ServiceOverrides,
+    ServicesHolder,
+    open_services,
+    sandbox_mode,
+)
 from fhir_gateway.store.base import Store
 from fhir_gateway.store.factory import make_store
+from fhir_gateway.withings.routes import withings_routes
 
 logger = logging.getLogger("fhir_gateway.app")
 MAX_BODY_BYTES = 1024 * 1024
+_NO_OVERRIDES = ServiceOverrides()
 
 
 async def on_gateway_error(request: Request, exc: Exception) -> Response:
@@ -56,8 +66,25 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(mapped)
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
-    """The ASGI application. Pass `store` to inject one (tests); else built from settings."""
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    withings_transport: httpx.AsyncBaseTransport | None = None,
+    overrides: ServiceOverrides | None = None,
+) -> Starlette:
+    """The ASGI application. Pass `store` (and the other seams) to inject them (tests); else
+    built from settings. With settings.sandbox the Withings simulator is mounted and used."""
+    sandbox = None
+    if (
+        settings.sandbox
+        and withings_transport is None
+        and (overrides or _NO_OVERRIDES).withings is None
+    ):
+        sandbox = sandbox_mode(settings)
+        settings = sandbox.settings
+        withings_transport = sandbox.transport
+        overrides = replace(overrides or _NO_OVERRIDES, sandbox=sandbox.state)
     owns_store = store is None
     active_store: Store = store if store is not None else make_store(settings)
     holder = ServicesHolder()
@@ -82,16 +109,27 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings, store=active_store, close_store=owns_store) as services:
+        async with open_services(
+            settings,
+            store=active_store,
+            close_store=owns_store,
+            withings_transport=withings_transport,
+            overrides=overrides,
+        ) as services:
             holder.set(services)
             try:
                 yield
             finally:
                 holder.set(None)
+                if sandbox is not None:
+                    await sandbox.aclose()
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
+        *withings_routes(holder, api, settings.base_url),
+        # Before the FHIR routes: their /{type}/{id} pattern would shadow the mount.
+        *([Mount(SANDBOX_MOUNT, app=sandbox.app)] if sandbox is not None else []),
         *fhir_routes(api),
     ]
     app = Starlette(
@@ -106,4 +144,6 @@ def create_app(settings: Settings, *, store: Store | None = None) -> Starlette:
     app.state.settings = settings
     app.state.store = active_store
     app.state.services = holder
+    if sandbox is not None:
+        sandbox.attach(app)
     return app

@@ -7,12 +7,16 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar
 
+from fhir_gateway import admin
 from fhir_gateway.config import Settings
 from fhir_gateway.errors import ConfigError, GatewayError
 from fhir_gateway.fhir.access import create_access_token, has_access_tokens
+from fhir_gateway.ingest.sync import SyncProgress
 from fhir_gateway.logs import configure_logging
+from fhir_gateway.services import sandbox_hint
 from fhir_gateway.store.factory import make_store
 
 T = TypeVar("T")
@@ -105,12 +109,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     if settings.embedded:
         _first_run_token(settings)
+    workers = args.workers
+    if settings.sandbox:
+        for line in sandbox_hint(settings):
+            _err(line)
+        # The simulator's users and tokens live in the process memory: one process only.
+        workers = 1
     uvicorn.run(
         "fhir_gateway.asgi:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=workers,
         loop="uvloop",
         http="httptools",
         log_config=None,
@@ -118,6 +128,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    # The key alone on stdout, like `token create`, so `ENCRYPTION_KEY=$(...)` works.
+    print(admin.generate_key())
+    _err("Put it FIRST in ENCRYPTION_KEY (new,old), run `fhir-gateway keys rotate`, then drop old.")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    rotated = _run(lambda: admin.rotate_keys(settings))
+    print(f"re-encrypted {rotated} Withings token records under the first ENCRYPTION_KEY")
+    return 0
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    settings = _settings()
+    rows = _run(lambda: admin.list_users(settings))
+    if not rows:
+        print("no Withings users connected yet (open BASE_URL/auth/withings to connect one)")
+        return 0
+    print(f"{'USERID':<14} {'STATUS':<30} {'TOKEN EXPIRES (UTC)':<21} {'LAST MEASURE UPDATE':<21}")
+    for row in rows:
+        status = row.status
+        if row.needs_reauth_reason:
+            status = f"{status} ({row.needs_reauth_reason})"
+        synced = "never" if row.measures_lastupdate is None else _utc(row.measures_lastupdate)
+        print(f"{row.userid:<14} {status:<30} {_utc(row.token_expires_at):<21} {synced:<21}")
+    return 0
+
+
+def progress_line(progress: SyncProgress, width: int = 24) -> str:
+    """'[######······] 1/2 users · 3 pages, 120 resources (user 363)'."""
+    total = max(progress.users_total, 1)
+    filled = round(width * progress.users_done / total)
+    bar = "#" * filled + "." * (width - filled)
+    return (
+        f"[{bar}] {progress.users_done}/{progress.users_total} users · "
+        f"{progress.pages} pages, {progress.resources} resources (user {progress.userid})"
+    )
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure_logging(settings.log_level)
+    interactive = sys.stderr.isatty()
+    users_shown = [0]
+
+    def show(progress: SyncProgress) -> None:
+        if interactive:
+            sys.stderr.write("\r" + progress_line(progress) + "\x1b[K")
+            sys.stderr.flush()
+        elif progress.users_done > users_shown[0]:
+            # Not a terminal (a log file, CI): one line per finished user, no carriage returns.
+            users_shown[0] = progress.users_done
+            _err(progress_line(progress))
+
+    report = _run(lambda: admin.sync(settings, userid=args.userid, progress=show))
+    if interactive:
+        sys.stderr.write("\n")
+    for user in report.users:
+        detail = f" ({user.error})" if user.error else ""
+        print(
+            f"{user.userid}: {user.outcome}{detail}; {user.created} created, "
+            f"{user.updated} updated, {user.deleted} deleted, {user.invalid} invalid"
+        )
+    for userid in report.needs_reauth:
+        if all(user.userid != userid for user in report.users):
+            print(f"{userid}: needs_reauth (skipped: the user must connect again)")
+    return 1 if any(user.outcome == "failed" for user in report.users) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--label", help="a note to recognise the token by")
     create.set_defaults(handler=cmd_token_create)
+
+    key = commands.add_parser("keys", help="token vault encryption keys")
+    key_commands = key.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("generate", help="print a new key").set_defaults(
+        handler=cmd_keys_generate
+    )
+    key_commands.add_parser(
+        "rotate", help="re-encrypt every stored token under the first ENCRYPTION_KEY"
+    ).set_defaults(handler=cmd_keys_rotate)
+
+    users = commands.add_parser("users", help="connected Withings users (no secrets)")
+    users.set_defaults(handler=cmd_users)
+
+    sync = commands.add_parser("sync", help="incremental Withings sync now, in this process")
+    sync.add_argument("--userid", help="only this Withings user")
+    sync.set_defaults(handler=cmd_sync)
     return parser
 
 

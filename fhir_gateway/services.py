@@ -1,23 +1,82 @@
 """open_services: the one place that builds the long-lived services (store, Withings, queue).
 
-Used by the app's lifespan and by the worker's start-up, so both run the same wiring.
+Used by the app's lifespan, the CLI and the worker's start-up, so all run the same wiring.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
+from redis.asyncio import Redis
+from starlette.types import ASGIApp
+
 from fhir_gateway.config import Settings
+from fhir_gateway.ingest.background import BackgroundTasks
+from fhir_gateway.ingest.connect import CALLBACK_PATH, ConnectFlow
+from fhir_gateway.ingest.subscriptions import SUBSCRIBE_SPACING_SECONDS, Subscriptions, WebhookUrl
+from fhir_gateway.ingest.sync import SyncService
+from fhir_gateway.jobs.budget import make_budget
+from fhir_gateway.jobs.worker import InProcessRunner, JobRuntime, make_job_runtime
+from fhir_gateway.locks import InProcessLocks, LockFactory, RedisLocks
 from fhir_gateway.store.base import Store
 from fhir_gateway.store.factory import make_store
+from fhir_gateway.withings.client import WithingsClient, make_withings_client
+from fhir_gateway.withings.keys import load_keys
+from fhir_gateway.withings.oauth_state import StateSigner, load_or_create_secret
+from fhir_gateway.withings.sandbox import SandboxState, create_sandbox
+from fhir_gateway.withings.tokens import TokenManager
+from fhir_gateway.withings.vault import TokenVault
+
+STATE_SECRET_NAME = "oauth_state"
+SANDBOX_MOUNT = "/sandbox/withings"
+SANDBOX_CLIENT_ID = "fhir-gateway-sandbox"
+WEBHOOK_PATH = "/webhooks/withings"
 
 
 @dataclass
 class Services:
     settings: Settings
     store: Store
+    withings: WithingsClient
+    locks: LockFactory
+    vault: TokenVault
+    tokens: TokenManager
+    state_signer: StateSigner
+    subscriptions: Subscriptions
+    sync: SyncService
+    connect: ConnectFlow
+    background: BackgroundTasks
+    jobs: JobRuntime
+    sandbox: SandboxState | None = None
+
+    def __repr__(self) -> str:
+        return f"Services(store={type(self.store).__name__}, sandbox={self.sandbox is not None})"
+
+    async def settle(self) -> None:
+        """Wait until this process's background work is done (tests, one-shot CLI commands)."""
+        while True:
+            await self.background.join()
+            if isinstance(self.jobs, InProcessRunner):
+                await self.jobs.queue.join()
+            if not len(self.background):
+                return
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOverrides:
+    """Seams for tests and embedding; anything left None is built from the settings."""
+
+    withings: WithingsClient | None = None  # not closed by open_services
+    locks: LockFactory | None = None
+    clock: Callable[[], float] | None = None
+    subscribe_spacing: float = SUBSCRIBE_SPACING_SECONDS
+    # A Withings simulator to expose as Services.sandbox (serve --sandbox).
+    sandbox: SandboxState | None = None
 
 
 class ServicesHolder:
@@ -38,14 +97,152 @@ class ServicesHolder:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, store: Store | None = None, close_store: bool | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    close_store: bool | None = None,
+    withings_transport: httpx.AsyncBaseTransport | None = None,
+    overrides: ServiceOverrides | None = None,
 ) -> AsyncIterator[Services]:
     """Open everything; close what we opened. An injected store is opened but not closed."""
+    options = overrides or ServiceOverrides()
+    clock = options.clock or time.time
     active_store = store if store is not None else make_store(settings)
     owns_store = store is None if close_store is None else close_store
-    await active_store.open()
-    try:
-        yield Services(settings=settings, store=active_store)
-    finally:
+    async with AsyncExitStack() as stack:
+        await active_store.open()
         if owns_store:
-            await active_store.close()
+            stack.push_async_callback(active_store.close)
+        redis: Redis | None = None
+        if settings.redis_url is not None and (options.locks is None or options.withings is None):
+            redis = Redis.from_url(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+        locks = options.locks or (RedisLocks(redis) if redis is not None else InProcessLocks())
+        withings = options.withings
+        if withings is None:
+            # No shared budget against the in-process sandbox: it is not Withings' quota.
+            budget = None if settings.sandbox else make_budget(settings, redis)
+            withings = make_withings_client(settings, withings_transport, budget=budget)
+            stack.push_async_callback(withings.aclose)
+
+        vault = TokenVault(active_store, load_keys(settings), clock=clock)
+        tokens = TokenManager(vault, withings, locks, clock=clock)
+        signer = StateSigner(
+            await load_or_create_secret(active_store, STATE_SECRET_NAME), active_store, clock
+        )
+        subscriptions = Subscriptions(
+            withings,
+            tokens,
+            vault,
+            webhook_url_provider(settings, active_store),
+            spacing=options.subscribe_spacing,
+        )
+        sync = SyncService(
+            active_store, withings, tokens, vault, subscriptions=subscriptions, clock=clock
+        )
+        background = BackgroundTasks()
+        stack.push_async_callback(background.close)
+        jobs = make_job_runtime(settings, active_store, sync)
+        await jobs.start()
+        stack.push_async_callback(jobs.stop)
+
+        async def backfill(userid: str) -> None:
+            # The queue coalesces it with any notification-driven sync of the same user.
+            await jobs.request_sync(userid, None)
+
+        connect = ConnectFlow(
+            store=active_store,
+            client=withings,
+            tokens=tokens,
+            signer=signer,
+            subscriptions=subscriptions,
+            tasks=background,
+            backfill=backfill,
+            base_url=settings.base_url,
+            authorize_url=settings.withings_authorize_url,
+            client_id=settings.withings_client_id,
+        )
+        yield Services(
+            settings=settings,
+            store=active_store,
+            withings=withings,
+            locks=locks,
+            vault=vault,
+            tokens=tokens,
+            state_signer=signer,
+            subscriptions=subscriptions,
+            sync=sync,
+            connect=connect,
+            background=background,
+            jobs=jobs,
+            sandbox=options.sandbox,
+        )
+
+
+def webhook_url_provider(settings: Settings, store: Store) -> WebhookUrl:
+    """The notification callback URL `BASE_URL/webhooks/withings/{secret}`, or None without one."""
+
+    async def webhook_url() -> str | None:
+        return None
+
+    return webhook_url
+
+
+# ---------------------------------------------------------------- serve --sandbox
+
+
+@dataclass
+class SandboxMode:
+    """The Withings simulator mounted in the gateway, and settings that point the client at it.
+
+    The client reaches it in-process (an ASGI transport on the same app the browser sees under
+    BASE_URL/sandbox/withings), so the demo needs no network and no Withings account.
+    """
+
+    state: SandboxState
+    app: ASGIApp
+    settings: Settings
+    transport: httpx.AsyncBaseTransport
+    _probe_client: httpx.AsyncClient | None = None
+
+    def attach(self, gateway: ASGIApp) -> None:
+        """Let the sandbox HEAD-probe and notify the gateway in-process (§5.2)."""
+        self._probe_client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway), base_url=self.settings.base_url
+        )
+        self.state.probe_client = self._probe_client
+
+    async def aclose(self) -> None:
+        if self._probe_client is not None:
+            await self._probe_client.aclose()
+
+
+def sandbox_mode(settings: Settings) -> SandboxMode:
+    """`serve --sandbox`: a fresh simulator with this gateway registered as its OAuth client."""
+    base = settings.base_url.rstrip("/")
+    state = SandboxState()
+    client_secret = secrets.token_urlsafe(24)
+    state.register_client(SANDBOX_CLIENT_ID, client_secret, [base + CALLBACK_PATH])
+    app = create_sandbox(state)
+    sandbox_base = base + SANDBOX_MOUNT
+    pointed = settings.with_overrides(
+        withings_client_id=SANDBOX_CLIENT_ID,
+        withings_client_secret=client_secret,
+        withings_api_url=sandbox_base,
+        withings_authorize_url=f"{sandbox_base}/oauth2_user/authorize2",
+    )
+    # root_path: the simulator routes on the path below its mount, exactly as when the browser
+    # reaches it through the gateway's Mount.
+    transport = httpx.ASGITransport(app=app, root_path=SANDBOX_MOUNT)
+    return SandboxMode(state=state, app=app, settings=pointed, transport=transport)
+
+
+def sandbox_hint(settings: Settings) -> list[str]:
+    """What `serve --sandbox` prints so that a newcomer can try the whole flow."""
+    base = settings.base_url.rstrip("/")
+    return [
+        f"Withings sandbox mode: a simulated Withings answers in-process at {base}{SANDBOX_MOUNT}",
+        f"  1. open {base}/auth/withings in a browser and click Allow",
+        "  2. measurements appear as FHIR Observations within seconds",
+        f"  3. curl -H 'Authorization: Bearer <token>' '{base}/Observation?_sort=-date&_count=5'",
+    ]
