@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from fhir_gateway.config import Settings
 from fhir_gateway.errors import WithingsInvalidGrant, WithingsTransient
-from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, record_notification
+from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, mark_enqueued, record_notification
 from fhir_gateway.jobs.queue import list_dead_letters
 from fhir_gateway.jobs.tasks import JobTuning, SyncWindow, reconcile_job
 from fhir_gateway.jobs.worker import (
@@ -268,3 +268,21 @@ async def test_three_arq_workers_reconcile_once_per_period(
 
 def test_job_tuning_keeps_the_sync_inside_the_job_timeout() -> None:
     assert JobTuning(job_timeout=300).sync_timeout < 300
+
+
+async def test_in_process_runner_resumes_what_the_previous_process_had_taken(
+    store: SQLiteStore,
+) -> None:
+    record = await record_notification(store, Notification("7", 4, 100, 200))
+    await mark_enqueued(store, record)  # ...and then that process died with its memory queue
+    sync = RecordingSync()
+    runner = InProcessRunner(store, sync, tuning=FAST)
+    await runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (not sync.runs or runner.queue.active_ids()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        await runner.stop()
+    assert [run.windows for run in sync.runs] == [(W(4, 100, 200),)]
+    assert await store.list_records(INBOX_KIND) == []
