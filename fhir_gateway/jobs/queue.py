@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias, TypeVarTuple
 
 from arq import Retry
@@ -250,3 +251,15 @@ async def record_dead_letter(
 async def list_dead_letters(store: Store, limit: int = 1000) -> list[Record]:
     """Dead letters, for `fhir-gateway jobs`."""
     return await store.list_records(DEAD_LETTERS_KIND, limit=limit)
+
+
+def describe_dead_letter(record: Record) -> str:
+    """One line for a terminal, e.g.
+    "sync_user_job user=12345 tries=5 times=2 last=2026-11-02T10:00:00Z WithingsTransient: …"."""
+    data = record.data
+    last = datetime.fromtimestamp(float(data.get("last_failed_at", 0.0)), UTC)
+    return (
+        f"{data.get('job')} user={data.get('userid') or '-'} tries={data.get('tries')} "
+        f"times={data.get('count')} last={last.strftime('%Y-%m-%dT%H:%M:%SZ')} "
+        f"{data.get('error_class')}: {data.get('error')}"
+    )

@@ -15,12 +15,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from arq import Retry
 from redis.exceptions import RedisError
 
-from fhir_gateway.errors import GatewayError, StoreError, WithingsRateLimited, WithingsTransient
+from fhir_gateway.errors import (
+    GatewayError,
+    StoreError,
+    WithingsAuthError,
+    WithingsInvalidGrant,
+    WithingsRateLimited,
+    WithingsTransient,
+)
 from fhir_gateway.jobs.coalesce import Coalescer, SyncWindow
 from fhir_gateway.jobs.inbox import complete_user_inbox, sweep_inbox
 from fhir_gateway.jobs.queue import (
@@ -47,11 +54,14 @@ __all__ = [
 
 logger = logging.getLogger("fhir_gateway.jobs")
 
-# Failures that pass: retried with backoff. Everything else from a sync is permanent (needs
-# re-consent, invalid params, unauthorized service) and goes straight to a dead letter.
+# Failures that pass: retried with backoff. An access token refused (WithingsAuthError) is
+# retried too, since the next try refreshes it; a refused refresh (WithingsInvalidGrant) or a
+# user who must reconnect (NeedsReauth, a plain GatewayError) is permanent, as is any other
+# GatewayError (invalid params, unauthorized service): straight to a dead letter.
 RETRYABLE: tuple[type[BaseException], ...] = (
     WithingsTransient,
     WithingsRateLimited,
+    WithingsAuthError,
     StoreError,
     LockUnavailable,
     QueueUnavailable,
@@ -59,6 +69,19 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     RedisError,
     ConnectionError,
 )
+PERMANENT: tuple[type[BaseException], ...] = (WithingsInvalidGrant,)
+
+FailureKind = Literal["retry", "permanent", "bug"]
+
+
+def classify_failure(error: BaseException) -> FailureKind:
+    if isinstance(error, PERMANENT):
+        return "permanent"
+    if isinstance(error, RETRYABLE):
+        return "retry"
+    if isinstance(error, GatewayError):
+        return "permanent"
+    return "bug"
 
 
 class UserSync(Protocol):
@@ -214,26 +237,26 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
         # Worker shutdown: arq runs the job again; the windows must be there for it.
         await asyncio.shield(coalescer.finish(userid, ok=False, retrying=True))
         raise
-    except RETRYABLE as exc:
-        exhausted = _exhausted(ctx)
-        await coalescer.finish(userid, ok=False, retrying=not exhausted)
-        if not exhausted:
-            metrics.job(job, "retry")
-            raise Retry(defer=backoff(int(ctx.get("job_try", 1)), tuning, exc)) from exc
-        # The inbox keeps this user's records; the sweeper asks again after inbox_stale_after.
-        await _give_up(ctx, job, userid, exc, "dead_letter")
-        return
-    except GatewayError as exc:
+    except Exception as exc:
+        kind = classify_failure(exc)
+        if kind == "retry":
+            exhausted = _exhausted(ctx)
+            await coalescer.finish(userid, ok=False, retrying=not exhausted)
+            if not exhausted:
+                metrics.job(job, "retry")
+                raise Retry(defer=backoff(int(ctx.get("job_try", 1)), tuning, exc)) from exc
+            # The inbox keeps the user's records; the sweeper asks again after inbox_stale_after.
+            await _give_up(ctx, job, userid, exc, "dead_letter")
+            return
         await coalescer.finish(userid, ok=False, retrying=False)
+        if kind == "bug":
+            logger.exception("sync of a user failed unexpectedly")
+            await _give_up(ctx, job, userid, exc, "error")
+            return
         # Retrying cannot help (e.g. the user must consent again): the windows stay with the
-        # coalescer for the sync after re-consent, the inbox records are done with.
+        # coalescer for the sync after re-consent; the inbox records are done with.
         await complete_user_inbox(ctx["store"], userid, claimed_at)
         await _give_up(ctx, job, userid, exc, "failed")
-        return
-    except Exception as exc:
-        logger.exception("sync of a user failed unexpectedly")
-        await coalescer.finish(userid, ok=False, retrying=False)
-        await _give_up(ctx, job, userid, exc, "error")
         return
     follow_up = await coalescer.finish(userid, ok=True)
     oldest = await complete_user_inbox(ctx["store"], userid, claimed_at)
@@ -285,14 +308,15 @@ async def reconcile_user_job(ctx: JobContext, userid: str) -> None:
     try:
         async with asyncio.timeout(tuning.sync_timeout):
             await ctx["sync"].reconcile_user(userid)
-    except RETRYABLE as exc:
-        if not _exhausted(ctx):
+    except Exception as exc:
+        kind = classify_failure(exc)
+        if kind == "retry" and not _exhausted(ctx):
             metrics.job(job, "retry")
             raise Retry(defer=backoff(int(ctx.get("job_try", 1)), tuning, exc)) from exc
-        await _give_up(ctx, job, userid, exc, "dead_letter")
-        return
-    except GatewayError as exc:
-        await _give_up(ctx, job, userid, exc, "failed")
+        if kind == "bug":
+            logger.exception("reconciliation of a user failed unexpectedly")
+        outcome = {"retry": "dead_letter", "permanent": "failed", "bug": "error"}[kind]
+        await _give_up(ctx, job, userid, exc, outcome)
         return
     metrics.job(job, "ok")
 

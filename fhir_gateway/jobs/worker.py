@@ -43,16 +43,26 @@ SWEEP_EVERY_SECONDS = 60.0
 _PERIOD_KEY = "fhir-gateway:reconcile-period:"
 
 
+class WorkerServices(Protocol):
+    """What the jobs need from the rest of the application (services.Services has both)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def sync(self) -> UserSync: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JobServices:
-    """What the jobs need from the rest of the application."""
+    """WorkerServices as plain values (tests, embedding)."""
 
     store: Store
     sync: UserSync
 
 
 # Opens the store, the Withings client (with its budget) and the sync; closes them on exit.
-ServicesFactory = Callable[[Settings], AbstractAsyncContextManager[JobServices]]
+ServicesFactory = Callable[[Settings], AbstractAsyncContextManager[WorkerServices]]
 
 
 def tuning_for(settings: Settings) -> JobTuning:
@@ -174,8 +184,16 @@ def worker_settings(
     }
 
 
-def run_worker(settings: Settings, services_factory: ServicesFactory) -> None:
-    """`fhir-gateway worker`: run an arq worker until SIGINT/SIGTERM."""
+def run_worker(settings: Settings, services_factory: ServicesFactory | None = None) -> None:
+    """`fhir-gateway worker`: run an arq worker until SIGINT/SIGTERM.
+
+    The services default to `services.open_services`, the same wiring as the web process.
+    """
+    if services_factory is None:
+        # Imported here: services.py builds the job runtime from this module.
+        from fhir_gateway.services import open_services
+
+        services_factory = open_services
     arq_run_worker(worker_settings(settings, services_factory))
 
 

@@ -9,21 +9,37 @@ import pytest
 from redis.asyncio import Redis
 
 from fhir_gateway.config import Settings
-from fhir_gateway.errors import WithingsInvalidGrant, WithingsTransient
+from fhir_gateway.errors import (
+    ConfigError,
+    StoreError,
+    WithingsAuthError,
+    WithingsInvalidGrant,
+    WithingsInvalidParams,
+    WithingsRateLimited,
+    WithingsTransient,
+)
 from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, mark_enqueued, record_notification
-from fhir_gateway.jobs.queue import list_dead_letters
-from fhir_gateway.jobs.tasks import JobTuning, SyncWindow, reconcile_job
+from fhir_gateway.jobs.queue import describe_dead_letter, list_dead_letters
+from fhir_gateway.jobs.tasks import (
+    JobTuning,
+    SyncWindow,
+    backoff,
+    classify_failure,
+    reconcile_job,
+)
 from fhir_gateway.jobs.worker import (
     CronFields,
     InProcessRunner,
     RedisJobClient,
     reconcile_period_guard,
     reconcile_schedule,
+    worker_settings,
 )
 from fhir_gateway.metrics import GatewayMetrics
 from fhir_gateway.store.sqlite import SQLiteStore
+from fhir_gateway.withings.tokens import NeedsReauth
 from tests.jobs.recording_sync import RecordingSync
-from tests.jobs.workers import FAST, running_workers
+from tests.jobs.workers import FAST, running_workers, services
 from tests.redis_server import RedisServer
 
 W = SyncWindow
@@ -286,3 +302,63 @@ async def test_in_process_runner_resumes_what_the_previous_process_had_taken(
         await runner.stop()
     assert [run.windows for run in sync.runs] == [(W(4, 100, 200),)]
     assert await store.list_records(INBOX_KIND) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (WithingsTransient("timeout"), "retry"),
+        (WithingsRateLimited("601", wait_seconds=30), "retry"),
+        (WithingsAuthError("401"), "retry"),
+        (StoreError("mongo unreachable"), "retry"),
+        (TimeoutError(), "retry"),
+        (WithingsInvalidGrant("refused"), "permanent"),
+        (NeedsReauth("7", "refresh refused"), "permanent"),
+        (WithingsInvalidParams("503"), "permanent"),
+        (KeyError("body"), "bug"),
+    ],
+)
+def test_failure_classification(error: BaseException, kind: str) -> None:
+    assert classify_failure(error) == kind
+
+
+def test_rate_limit_hint_sets_the_least_backoff() -> None:
+    tuning = JobTuning(retry_base_delay=1, retry_max_delay=10)
+    assert backoff(1, tuning, WithingsRateLimited("601", wait_seconds=188)) == 188
+    assert 0.5 <= backoff(1, tuning, WithingsTransient("x")) <= 1
+    assert 5 <= backoff(9, tuning, WithingsTransient("x")) <= 10
+
+
+async def test_a_bug_in_the_sync_is_dead_lettered_and_does_not_stick_the_user(
+    runner_and_sync: tuple[InProcessRunner, RecordingSync], store: SQLiteStore
+) -> None:
+    runner, sync = runner_and_sync
+    sync.failures.append(KeyError("measuregrps"))
+    await runner.request_sync("7", W(1, 1, 2))
+    await runner.queue.join()
+    [letter] = await list_dead_letters(store)
+    assert letter.data["error_class"] == "KeyError"
+    assert describe_dead_letter(letter).startswith("sync_user_job user=7 tries=1 times=1 last=")
+    assert await runner.request_sync("7", None) is True
+    await runner.queue.join()
+    assert sync.runs[-1].ok and sync.runs[-1].windows == (W(1, 1, 2),)
+
+
+def test_worker_settings() -> None:
+    options = worker_settings(Settings(redis_url="redis://127.0.0.1:1/0"), services(None, None))  # type: ignore[arg-type]
+    assert [f.name for f in options["functions"]] == ["sync_user_job", "reconcile_user_job"]
+    assert all(f.keep_result_s == 0 for f in options["functions"])
+    reconcile, sweep = options["cron_jobs"]
+    assert (reconcile.name, reconcile.unique, reconcile.hour, reconcile.minute) == (
+        "cron:reconcile_job",
+        True,
+        set(range(0, 24, 2)),
+        {0},
+    )
+    assert (sweep.name, sweep.unique, sweep.second) == ("cron:sweep_inbox_job", True, {30})
+    assert options["keep_result"] == 0 and options["max_tries"] == 5
+
+
+def test_a_worker_needs_redis() -> None:
+    with pytest.raises(ConfigError):
+        worker_settings(Settings(), services(None, None))  # type: ignore[arg-type]
