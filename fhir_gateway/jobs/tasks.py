@@ -223,12 +223,14 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
     coalescer: Coalescer = ctx["coalescer"]
     metrics: GatewayMetrics = ctx["metrics"]
     tuning: JobTuning = ctx["tuning"]
+    # Taken before the claim: inbox records received up to here were written before any
+    # window this sync can claim, so removing them on success never drops a later one.
+    claimed_at = time.time()
     windows = await coalescer.start(userid)
     if windows is None:
         # Another live sync holds the user; start() marked it dirty so that one follows up.
         metrics.job(job, "busy")
         return
-    claimed_at = time.time()
     try:
         async with _keep_lease(coalescer, userid, tuning.lease_refresh):
             async with asyncio.timeout(tuning.sync_timeout):

@@ -4,14 +4,16 @@ SQLite store in tmp_path, and a Redis that can be stopped and started again on t
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from fhir_gateway.store.sqlite import SQLiteStore
-from tests.redis_server import RedisServer, free_port, run_redis_server
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port, run_redis_server
 
 
 @pytest.fixture
@@ -48,19 +50,25 @@ class RestartableRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        # Reuse the shared helper's start-up check by pinning the port it probes.
-        import tests.redis_server as shared
-
-        log = (self.directory / f"redis-{self.port}.log").open("ab")
-        self._process = subprocess.Popen(
-            [shared.REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        if not shared._wait_for_ping(self._process, self.port):
-            pytest.fail(f"redis-server did not start on port {self.port}")
+        with (self.directory / f"redis-{self.port}.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    if probe.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+        pytest.fail(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         if self._process is not None:

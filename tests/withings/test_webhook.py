@@ -2,17 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from fhir_gateway.app import on_http_exception
 from fhir_gateway.config import Settings
+from fhir_gateway.errors import InvalidRequest
 from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, NotificationIntake
 from fhir_gateway.jobs.tasks import sweep_inbox_job
 from fhir_gateway.jobs.worker import InProcessRunner, RedisJobClient
@@ -38,7 +41,7 @@ VALID = f"userid={KNOWN_USER}&appli=1&startdate=1530576000&enddate=1530698753"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     with run_redis_server(tmp_path) as server:
         yield server
 
@@ -338,3 +341,32 @@ async def test_known_user_with_redis_enqueues_one_arq_job(
             assert record["status"] == "enqueued"
     finally:
         await client.stop()
+
+
+FIELD_NAMES = st.sampled_from(["userid", "appli", "startdate", "enddate", "date", "deviceid", "x"])
+FIELD_VALUES = st.one_of(
+    st.integers(-5, 2**40).map(str), st.text(max_size=12), st.just("2024-05-02")
+)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.tuples(FIELD_NAMES, FIELD_VALUES), max_size=8).map(
+            lambda pairs: "&".join(f"{name}={value}" for name, value in pairs).encode(
+                "utf-8", "surrogatepass"
+            )
+        ),
+    )
+)
+def test_parser_accepts_only_well_typed_notifications(body: bytes) -> None:
+    try:
+        notification = parse_notification(body)
+    except InvalidRequest:
+        return
+    assert notification.userid.isdigit()
+    assert notification.appli >= 0
+    if notification.startdate is not None:
+        assert notification.enddate is not None and notification.startdate <= notification.enddate
+    window = notification.window()
+    assert window.appli == notification.appli
