@@ -26,9 +26,12 @@ from fhir_gateway.errors import (
 from fhir_gateway.fhir.access import StoreTokenAuthenticator
 from fhir_gateway.fhir.http import error_response
 from fhir_gateway.fhir.routes import FhirApi, fhir_routes
+from fhir_gateway.jobs.inbox import Notification
 from fhir_gateway.middleware import EdgeMiddleware
 from fhir_gateway.services import (
+    SANDBOX_CONSENT_PATH,
     SANDBOX_MOUNT,
+    SandboxMode,
     ServiceOverrides,
     ServicesHolder,
     open_services,
@@ -37,6 +40,7 @@ from fhir_gateway.services import (
 from fhir_gateway.store.base import Store
 from fhir_gateway.store.factory import make_store
 from fhir_gateway.withings.routes import withings_routes
+from fhir_gateway.withings.webhook import webhook_routes
 
 logger = logging.getLogger("fhir_gateway.app")
 MAX_BODY_BYTES = 1024 * 1024
@@ -64,6 +68,15 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
         mapped.status = exc.status_code
         mapped.issue_code = "processing"
     return error_response(mapped)
+
+
+def sandbox_routes(sandbox: SandboxMode) -> list[BaseRoute]:
+    """The simulator under /sandbox/withings; its consent form posts to the root path it has
+    on its own host, so that one path is routed to it as well (raw, no prefix stripped)."""
+    return [
+        Mount(SANDBOX_MOUNT, app=sandbox.app),
+        Route(SANDBOX_CONSENT_PATH, sandbox.app, methods=["POST"]),
+    ]
 
 
 def create_app(
@@ -124,12 +137,19 @@ def create_app(
                 if sandbox is not None:
                     await sandbox.aclose()
 
+    async def webhook_secret() -> str:
+        return await holder.services.webhook_secret()
+
+    async def on_notification(notification: Notification) -> str:
+        return await holder.services.jobs.intake()(notification)
+
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
         *withings_routes(holder, api, settings.base_url),
+        *webhook_routes(active_store, webhook_secret, on_notification),
         # Before the FHIR routes: their /{type}/{id} pattern would shadow the mount.
-        *([Mount(SANDBOX_MOUNT, app=sandbox.app)] if sandbox is not None else []),
+        *(sandbox_routes(sandbox) if sandbox is not None else []),
         *fhir_routes(api),
     ]
     app = Starlette(

@@ -31,11 +31,14 @@ from fhir_gateway.withings.oauth_state import StateSigner, load_or_create_secret
 from fhir_gateway.withings.sandbox import SandboxState, create_sandbox
 from fhir_gateway.withings.tokens import TokenManager
 from fhir_gateway.withings.vault import TokenVault
+from fhir_gateway.withings.webhook import WebhookSecret, webhook_callback_url
 
 STATE_SECRET_NAME = "oauth_state"
 SANDBOX_MOUNT = "/sandbox/withings"
+SANDBOX_CONSENT_PATH = "/oauth2_user/authorize2"
 SANDBOX_CLIENT_ID = "fhir-gateway-sandbox"
-WEBHOOK_PATH = "/webhooks/withings"
+# Never resolved: the client reaches the simulator through an in-process ASGI transport.
+SANDBOX_API_URL = "http://withings-sandbox.internal"
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Services:
     connect: ConnectFlow
     background: BackgroundTasks
     jobs: JobRuntime
+    webhook_secret: WebhookSecret
     sandbox: SandboxState | None = None
 
     def __repr__(self) -> str:
@@ -130,11 +134,12 @@ async def open_services(
         signer = StateSigner(
             await load_or_create_secret(active_store, STATE_SECRET_NAME), active_store, clock
         )
+        webhook_secret = WebhookSecret(active_store)
         subscriptions = Subscriptions(
             withings,
             tokens,
             vault,
-            webhook_url_provider(settings, active_store),
+            webhook_url_provider(settings, webhook_secret),
             spacing=options.subscribe_spacing,
         )
         sync = SyncService(
@@ -175,15 +180,16 @@ async def open_services(
             connect=connect,
             background=background,
             jobs=jobs,
+            webhook_secret=webhook_secret,
             sandbox=options.sandbox,
         )
 
 
-def webhook_url_provider(settings: Settings, store: Store) -> WebhookUrl:
-    """The notification callback URL `BASE_URL/webhooks/withings/{secret}`, or None without one."""
+def webhook_url_provider(settings: Settings, secret: WebhookSecret) -> WebhookUrl:
+    """The notification callback URL `BASE_URL/webhooks/withings/{secret}` (never logged)."""
 
     async def webhook_url() -> str | None:
-        return None
+        return webhook_callback_url(settings.base_url, await secret())
 
     return webhook_url
 
@@ -195,8 +201,8 @@ def webhook_url_provider(settings: Settings, store: Store) -> WebhookUrl:
 class SandboxMode:
     """The Withings simulator mounted in the gateway, and settings that point the client at it.
 
-    The client reaches it in-process (an ASGI transport on the same app the browser sees under
-    BASE_URL/sandbox/withings), so the demo needs no network and no Withings account.
+    The browser sees it under BASE_URL/sandbox/withings; the client reaches the same app
+    in-process (an ASGI transport), so the demo needs no network and no Withings account.
     """
 
     state: SandboxState
@@ -224,16 +230,15 @@ def sandbox_mode(settings: Settings) -> SandboxMode:
     client_secret = secrets.token_urlsafe(24)
     state.register_client(SANDBOX_CLIENT_ID, client_secret, [base + CALLBACK_PATH])
     app = create_sandbox(state)
-    sandbox_base = base + SANDBOX_MOUNT
     pointed = settings.with_overrides(
         withings_client_id=SANDBOX_CLIENT_ID,
         withings_client_secret=client_secret,
-        withings_api_url=sandbox_base,
-        withings_authorize_url=f"{sandbox_base}/oauth2_user/authorize2",
+        withings_api_url=SANDBOX_API_URL,
+        withings_authorize_url=f"{base}{SANDBOX_MOUNT}{SANDBOX_CONSENT_PATH}",
     )
-    # root_path: the simulator routes on the path below its mount, exactly as when the browser
-    # reaches it through the gateway's Mount.
-    transport = httpx.ASGITransport(app=app, root_path=SANDBOX_MOUNT)
+    # The API calls go straight to the simulator app: its handlers dispatch on the full request
+    # path, which only matches when it is served at its own root.
+    transport = httpx.ASGITransport(app=app)
     return SandboxMode(state=state, app=app, settings=pointed, transport=transport)
 
 

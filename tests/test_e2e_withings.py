@@ -210,3 +210,21 @@ async def test_a_revoked_refresh_token_shows_as_needs_reauth_in_users(
     (line,) = [line for line in output.splitlines() if line.startswith(userid)]
     assert "needs_reauth (invalid_grant)" in line
     assert not any(token in output for token in gateway.recorder.tokens)
+
+
+async def test_a_notification_about_a_deletion_reaches_the_fhir_api(gateway: Harness) -> None:
+    taken = int(gateway.clock()) - 3 * 86_400
+    userid = unseeded_user(gateway.sandbox, [weight_group(71_000, taken, grpid=8101)])
+    await gateway.connect(userid)  # subscriptions run in the background; settle() awaited them
+    subscribed = sorted(s.appli for s in gateway.sandbox.subscriptions if s.userid == userid)
+    assert subscribed == [1, 2, 4, 16, 44, 54]
+    observation = f"/Observation/{identity.measure_observation_id(8101, 1, None)}"
+    assert (await gateway.http.get(observation, headers=gateway.admin())).status_code == 200
+
+    gateway.sandbox.delete_measure_group(userid, 8101)
+    # Withings POSTs the notification to the subscribed callback (§5.4) …
+    statuses = await gateway.sandbox.notify(userid, 1, taken - 60, taken + 60, gateway.http)
+    assert statuses == [200]
+    # … the webhook records it, the queue runs the user's sync with that window.
+    await gateway.services.settle()
+    assert (await gateway.http.get(observation, headers=gateway.admin())).status_code == 410

@@ -14,12 +14,22 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from fhir_gateway.errors import GatewayError, NotFound
+from fhir_gateway.errors import (
+    ConfigError,
+    GatewayError,
+    NotFound,
+    WithingsAuthError,
+    WithingsInvalidParams,
+    WithingsUnauthorizedService,
+)
 from fhir_gateway.fhir.routes import FhirApi
 from fhir_gateway.ingest.connect import Connection
 from fhir_gateway.services import ServicesHolder
 
 log = logging.getLogger(__name__)
+
+# Withings said no (a dead or reused code, a refused grant): retrying the same link cannot help.
+_REFUSALS = (WithingsAuthError, WithingsInvalidParams, WithingsUnauthorizedService)
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -51,13 +61,12 @@ def _connected_page(base_url: str, connection: Connection) -> HTMLResponse:
 
 
 def _error_page(error: GatewayError) -> HTMLResponse:
-    # 4xx: the request or Withings' answer was refused; anything else is worth a retry.
-    status = 400 if error.status < 500 else 502
-    hint = (
-        "Start again from the connection link."
-        if status == 400
-        else "Withings or the gateway is temporarily unavailable; try again in a minute."
-    )
+    if isinstance(error, ConfigError):
+        status, hint = 503, "The gateway's Withings app credentials are not configured."
+    elif isinstance(error, _REFUSALS) or error.status < 500:
+        status, hint = 400, "Start again from the connection link."
+    else:
+        status, hint = 502, "Withings or the gateway is unavailable; try again in a minute."
     body = (
         f"<p>The Withings account could not be connected: {html.escape(str(error))}.</p>"
         f'<p>{html.escape(hint)} <a href="/auth/withings">Connect Withings</a></p>'

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +49,17 @@ class FakeClock:
 
 
 class TokenRecorder(httpx.AsyncBaseTransport):
-    """Wraps the sandbox transport and remembers every token value Withings hands out."""
+    """Wraps the sandbox transport: remembers every token value Withings hands out, and drops
+    the connection for requests `fail_when` picks (the network failing, not Withings)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.tokens: set[str] = set()
+        self.fail_when: Callable[[httpx.Request], bool] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.fail_when is not None and self.fail_when(request):
+            raise httpx.ConnectError("connection refused", request=request)
         response = await self.inner.handle_async_request(request)
         if request.url.path == "/v2/oauth2":
             raw = await response.aread()
