@@ -6,9 +6,9 @@ Pure ASGI (no BaseHTTPMiddleware) because it wraps every request on the hot path
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +19,12 @@ from fhir_gateway.logs import redact, request_id_var
 logger = logging.getLogger("fhir_gateway.access")
 errors_logger = logging.getLogger("fhir_gateway.app")
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _new_request_id() -> str:
+    # Not uuid4(): os.urandom is a system call per request on the hot path, and request ids need
+    # uniqueness, not secrecy (`random` is seeded by the OS and reseeded after fork).
+    return f"{random.getrandbits(128):032x}"
 
 
 class EdgeMiddleware:
@@ -41,7 +47,7 @@ class EdgeMiddleware:
                 incoming = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
-        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else _new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 0

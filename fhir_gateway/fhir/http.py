@@ -31,7 +31,11 @@ def negotiate(request: Request) -> str:
 
     FHIR R4 http.html#mime-type: JSON only here; XML or anything else → 406.
     """
-    requested_format = request.query_params.get("_format")
+    # Most requests carry no _format: do not parse the query string just to find that out
+    # (a percent sign could spell it in escapes, so then parse).
+    raw_query: bytes = request.scope.get("query_string", b"")
+    may_have_format = b"_format" in raw_query or b"%" in raw_query
+    requested_format = request.query_params.get("_format") if may_have_format else None
     if requested_format:
         media_type = _FORMAT_ALIASES.get(requested_format.split(";")[0].strip().lower())
         if media_type is None:

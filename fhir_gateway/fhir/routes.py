@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,7 +32,9 @@ from fhir_gateway.fhir.search import (
     parse_search,
     restrict_to_patient,
 )
+from fhir_gateway.fhir.search_cache import SearchCache
 from fhir_gateway.store.base import Cursor, Store, StoredResource
+from fhir_gateway.store.data_version import DataVersioned
 from fhir_gateway.withings.terminology import code_systems
 
 READABLE_TYPES = ("Observation", "Patient", "Device")
@@ -50,6 +53,12 @@ def _compartment_patient(resource_type: str, resource: dict[str, Any]) -> str | 
     return patient_id if kind.endswith("Patient") else None
 
 
+@dataclass(frozen=True, slots=True)
+class _SearchBody:
+    json: bytes
+    cacheable: bool
+
+
 class FhirApi:
     def __init__(
         self,
@@ -57,11 +66,20 @@ class FhirApi:
         authenticator: Authenticator,
         base_url: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        cache_searches: bool = True,
     ) -> None:
         self.store = store
         self.authenticator = authenticator
         self.base_url = base_url.rstrip("/")
         self.clock = clock
+        # Only a store that can say when anything committed gets a response cache.
+        self.versioned_store = store if isinstance(store, DataVersioned) else None
+        self.search_cache = (
+            SearchCache(bundle.bundle_id)
+            if cache_searches and self.versioned_store is not None
+            else None
+        )
 
     async def access(self, request: Request) -> AccessContext:
         return await self.authenticator.authenticate(request.headers.get("authorization"))
@@ -169,8 +187,9 @@ class FhirApi:
     async def search_get(self, request: Request) -> Response:
         media_type = negotiate(request)
         resource_type = self._resource_type(request)
-        params = list(request.query_params.multi_items())
-        return await self._search(request, resource_type, params, media_type)
+        # The raw query string identifies a GET search: a cache hit never parses it.
+        raw_query: bytes = request.scope["query_string"]
+        return await self._search(request, resource_type, raw_query, None, media_type)
 
     async def search_post(self, request: Request) -> Response:
         media_type = negotiate(request)
@@ -184,20 +203,47 @@ class FhirApi:
         except UnicodeDecodeError:
             raise InvalidRequest("the search form is not UTF-8") from None
         # FHIR R4 search §3.1.1.1: parameters may be split between URL and body.
-        params = list(request.query_params.multi_items()) + form
-        return await self._search(request, resource_type, params, media_type)
+        params = tuple(request.query_params.multi_items() + form)
+        return await self._search(request, resource_type, params, params, media_type)
 
     async def _search(
         self,
         request: Request,
         resource_type: str,
-        params: Sequence[tuple[str, str]],
+        request_key: bytes | tuple[tuple[str, str], ...],
+        params: Sequence[tuple[str, str]] | None,
         media_type: str,
     ) -> Response:
+        """`request_key` identifies the parameters as sent; `params` None = the URL's."""
         context = await self.access(request)
         context.require_read(resource_type)
         strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        cache, versioned, version = self.search_cache, self.versioned_store, 0
+        key = (resource_type, request_key, strict, context, media_type)
+        if cache is not None and versioned is not None:
+            # Probed before the search runs: see search_cache for why that order is safe.
+            version = await versioned.data_version()
+            cached = cache.get(key, version)
+            if cached is not None:
+                return fhir_response(cached, media_type=media_type)
+        if params is None:
+            params = request.query_params.multi_items()
+        body = await self._search_body(context, resource_type, params, strict)
+        if body.cacheable and cache is not None:
+            cache.put(key, version, body.json)
+        return fhir_response(body.json, media_type=media_type)
+
+    async def _search_body(
+        self,
+        context: AccessContext,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        strict: bool,
+    ) -> _SearchBody:
         parsed = parse_search(resource_type, params, strict=strict, now=self.clock())
+        # The clock (`ap` dates) and cursor pages make an answer unrepeatable or one-off.
+        cacheable = not parsed.uses_clock and parsed.query.after is None
+        cacheable = cacheable and parsed.query.before is None
         if context.patient_id is not None:
             parsed = restrict_to_patient(parsed, context.patient_id)
         messages = [
@@ -215,11 +261,11 @@ class FhirApi:
                 total=await self.store.count(parsed.query),
                 outcome=outcome,
             )
-            return fhir_response(body, media_type=media_type)
+            return _SearchBody(body, cacheable)
 
         page = await self.store.search(parsed.query)
         links = [("self", self_url)] + self._paging_links(
-            resource_type, parsed, page.resources, page.more
+            self_url, parsed, page.resources, page.more
         )
         total: int | None = None
         if parsed.total != "none":
@@ -236,11 +282,11 @@ class FhirApi:
             outcome=outcome,
             elements=parsed.elements,
         )
-        return fhir_response(body, media_type=media_type)
+        return _SearchBody(body, cacheable)
 
     def _paging_links(
         self,
-        resource_type: str,
+        self_url: str,
         parsed: ParsedSearch,
         rows: list[StoredResource],
         more: bool,
@@ -255,25 +301,11 @@ class FhirApi:
         if has_next:
             last = rows[-1]
             cursor = encode_cursor("next", sort, Cursor(last.sort_value(sort.field), last.id))
-            links.append(
-                (
-                    "next",
-                    bundle.search_url(
-                        self.base_url, resource_type, [*parsed.self_params, ("_page", cursor)]
-                    ),
-                )
-            )
+            links.append(("next", bundle.with_param(self_url, "_page", cursor)))
         if has_previous:
             first = rows[0]
             cursor = encode_cursor("prev", sort, Cursor(first.sort_value(sort.field), first.id))
-            links.append(
-                (
-                    "previous",
-                    bundle.search_url(
-                        self.base_url, resource_type, [*parsed.self_params, ("_page", cursor)]
-                    ),
-                )
-            )
+            links.append(("previous", bundle.with_param(self_url, "_page", cursor)))
         return links
 
     async def _includes(

@@ -8,13 +8,13 @@ this process, and BEGIN IMMEDIATE serialises them against other processes (app a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 import orjson
 
@@ -22,6 +22,7 @@ from fhir_gateway.errors import StoreError, VersionConflict
 from fhir_gateway.fhir.indexing import search_index
 from fhir_gateway.store import sqlite_query
 from fhir_gateway.store.base import (
+    EPOCH,
     JSONObject,
     Page,
     Query,
@@ -29,12 +30,15 @@ from fhir_gateway.store.base import (
     Resource,
     StoredResource,
     UpsertResult,
-    from_micros,
 )
+from fhir_gateway.store.sqlite_threads import ConnectionThreads, SharedProbe
 from fhir_gateway.store.versioning import content_hash, date_span, next_last_updated, stamp
 
 _T = TypeVar("_T")
-_READERS = 4
+_Ts = TypeVarTuple("_Ts")
+_READERS = 2
+# Numbers the probing connections, so data versions read by two of them never compare equal.
+_EPOCHS = itertools.count(1)
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -59,16 +63,69 @@ def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE")
 
 
 def _stored(row: Sequence[Any]) -> StoredResource:
+    # Positional arguments and a positional timedelta: this runs once per row of every page
+    # (measured 1.4 µs instead of 2.0 µs per row).
     type_, id_, version, last_updated, deleted, json, date_start = row
     return StoredResource(
-        resource_type=type_,
-        id=id_,
-        version_id=version,
-        last_updated=from_micros(last_updated),
-        deleted=bool(deleted),
-        json=bytes(json),
-        date_start=date_start,
+        type_,
+        id_,
+        version,
+        EPOCH + timedelta(0, 0, last_updated),  # = from_micros(last_updated)
+        bool(deleted),
+        json,  # sqlite3 returns BLOBs as bytes already
+        date_start,
     )
+
+
+def _fetch_one(connection: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> Any:
+    return connection.execute(sql, params).fetchone()
+
+
+def _fetch_stored(
+    connection: sqlite3.Connection, sql: str, params: tuple[object, ...]
+) -> StoredResource | None:
+    row = connection.execute(sql, params).fetchone()
+    return None if row is None else _stored(row)
+
+
+def _fetch_all_stored(
+    connection: sqlite3.Connection, sql: str, params: tuple[object, ...]
+) -> list[StoredResource]:
+    return [_stored(row) for row in connection.execute(sql, params)]
+
+
+def _fetch_page(
+    connection: sqlite3.Connection, statement: sqlite_query.Statement, limit: int, backwards: bool
+) -> Page:
+    # Rows become StoredResources here, in the reader thread, not on the event loop.
+    rows = connection.execute(statement.sql, statement.params).fetchall()
+    resources = [_stored(row) for row in rows[:limit]]
+    if backwards:
+        resources.reverse()
+    return Page(resources=resources, more=len(rows) > limit)
+
+
+def _fetch_all(connection: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[Any]:
+    return connection.execute(sql, params).fetchall()
+
+
+def _newest_per_group(
+    connection: sqlite3.Connection, query: Query, max_per_group: int
+) -> list[StoredResource]:
+    rows: list[StoredResource] = []
+    # One read transaction, so every group is read from the same snapshot.
+    with _transaction(connection, "BEGIN"):
+        groups = sqlite_query.lastn_groups(query)
+        for (code_group,) in connection.execute(groups.sql, groups.params).fetchall():
+            group = sqlite_query.lastn_group(query, code_group, max_per_group)
+            rows.extend(_stored(row) for row in connection.execute(group.sql, group.params))
+    return rows
+
+
+def _data_version(connection: sqlite3.Connection, epoch: int) -> int:
+    # PRAGMA data_version is per connection (it changes when any *other* connection commits),
+    # so the epoch of the probing connection keeps numbers from two connections apart.
+    return (epoch << 64) | int(connection.execute("PRAGMA data_version").fetchone()[0])
 
 
 class SQLiteStore:
@@ -76,12 +133,13 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
-        self._write_connection: sqlite3.Connection | None = None
-        self._read_connections: list[sqlite3.Connection] = []
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._writer: ConnectionThreads | None = None
+        self._readers: ConnectionThreads | None = None
+        # One connection that only ever runs PRAGMA data_version: it never writes, so every
+        # commit, from this process or another, is one by "another connection".
+        self._prober: ConnectionThreads | None = None
+        self._epoch = 0
+        self._shared_probe = SharedProbe(self._probe_data_version)
         self._known_span = 0
 
     # -------------------------------------------------------------------- plumbing
@@ -89,74 +147,69 @@ class SQLiteStore:
     async def open(self) -> None:
         if self._writer is not None:
             return
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="sqlite-reader")
+        self._writer = ConnectionThreads("sqlite-writer", 1, self._connect_writer)
+        self._readers = ConnectionThreads("sqlite-reader", _READERS, self._connect_reader)
+        self._prober = ConnectionThreads("sqlite-version", 1, self._connect_reader)
+        self._epoch = next(_EPOCHS)
         try:
             await self._write(self._create_schema)
         except BaseException:
             await self.close()
             raise
 
+    def _connect_writer(self) -> sqlite3.Connection:
+        return _connect(self.path, readonly=False)
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        return _connect(self.path, readonly=True)
+
     def _create_schema(self, connection: sqlite3.Connection) -> None:
         connection.executescript(sqlite_query.SCHEMA)
         self._known_span = connection.execute("SELECT max_span FROM span_bound").fetchone()[0]
 
     async def close(self) -> None:
-        writer, readers = self._writer, self._readers
-        self._writer = self._readers = None
-        for pool in (writer, readers):
+        pools = (self._writer, self._readers, self._prober)
+        self._writer = self._readers = self._prober = None
+        for pool in pools:
             if pool is not None:
-                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
-        with self._lock:
-            connections = [*self._read_connections, self._write_connection]
-            self._read_connections, self._write_connection = [], None
-        for connection in connections:
-            if connection is not None:
-                connection.close()
+                await pool.shutdown()
 
     async def ping(self) -> None:
-        await self._read(lambda connection: connection.execute("SELECT 1").fetchone())
+        await self._read(_fetch_one, "SELECT 1", ())
 
-    async def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def data_version(self) -> int:
+        """Changes whenever anything commits to the file, in this process or any other.
+
+        Compare for equality only. Concurrent callers share one check that started after each
+        of them asked (see SharedProbe), so a commit finished before the call is always seen.
+        """
+        return await self._shared_probe()
+
+    def _probe_data_version(self) -> asyncio.Future[int]:
+        if self._prober is None:
+            raise StoreError("the SQLite store is closed")
+        return self._prober.submit(_data_version, self._epoch)
+
+    async def _write(self, work: Callable[[sqlite3.Connection, *_Ts], _T], *args: *_Ts) -> _T:
         if self._writer is None:
             raise StoreError("the SQLite store is closed")
+        try:
+            return await self._writer.submit(work, *args)
+        except sqlite3.Error as error:
+            raise StoreError(f"SQLite store failed: {error}") from error
 
-        def run() -> _T:
-            if self._write_connection is None:
-                self._write_connection = _connect(self.path, readonly=False)
-            return work(self._write_connection)
-
-        return await self._run(self._writer, run)
-
-    async def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _read(self, work: Callable[[sqlite3.Connection, *_Ts], _T], *args: *_Ts) -> _T:
         if self._readers is None:
             raise StoreError("the SQLite store is closed")
-
-        def run() -> _T:
-            connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-            if connection is None:
-                connection = _connect(self.path, readonly=True)
-                self._local.connection = connection
-                with self._lock:
-                    self._read_connections.append(connection)
-            return work(connection)
-
-        return await self._run(self._readers, run)
-
-    async def _run(self, pool: ThreadPoolExecutor, work: Callable[[], _T]) -> _T:
         try:
-            future = asyncio.get_running_loop().run_in_executor(pool, work)
-        except RuntimeError as error:  # the executor was shut down by a concurrent close()
-            raise StoreError("the SQLite store is closed") from error
-        try:
-            return await future
+            return await self._readers.submit(work, *args)
         except sqlite3.Error as error:
             raise StoreError(f"SQLite store failed: {error}") from error
 
     # -------------------------------------------------------------------- FHIR resources
 
     async def upsert(self, resources: Sequence[Resource]) -> UpsertResult:
-        return await self._write(lambda connection: self._upsert(connection, resources))
+        return await self._write(self._upsert, resources)
 
     def _upsert(
         self, connection: sqlite3.Connection, resources: Sequence[Resource]
@@ -247,38 +300,32 @@ class SQLiteStore:
         return UpsertResult(created=created, updated=updated, unchanged=unchanged)
 
     async def read(self, resource_type: str, id_: str) -> StoredResource | None:
-        row = await self._read(
-            lambda connection: connection.execute(
-                "SELECT type, id, version, last_updated, deleted,"
-                " CASE WHEN deleted THEN x'' ELSE json END, date_start"
-                " FROM resources WHERE type = ? AND id = ?",
-                (resource_type, id_),
-            ).fetchone()
+        return await self._read(
+            _fetch_stored,
+            "SELECT type, id, version, last_updated, deleted,"
+            " CASE WHEN deleted THEN x'' ELSE json END, date_start"
+            " FROM resources WHERE type = ? AND id = ?",
+            (resource_type, id_),
         )
-        return None if row is None else _stored(row)
 
     async def vread(self, resource_type: str, id_: str, version_id: int) -> StoredResource | None:
-        row = await self._read(
-            lambda connection: connection.execute(
-                "SELECT type, id, version, last_updated, deleted, json, date_start FROM history"
-                " WHERE type = ? AND id = ? AND version = ?",
-                (resource_type, id_, version_id),
-            ).fetchone()
+        return await self._read(
+            _fetch_stored,
+            "SELECT type, id, version, last_updated, deleted, json, date_start FROM history"
+            " WHERE type = ? AND id = ? AND version = ?",
+            (resource_type, id_, version_id),
         )
-        return None if row is None else _stored(row)
 
     async def history(self, resource_type: str, id_: str) -> list[StoredResource]:
-        rows = await self._read(
-            lambda connection: connection.execute(
-                "SELECT type, id, version, last_updated, deleted, json, date_start FROM history"
-                " WHERE type = ? AND id = ? ORDER BY version DESC",
-                (resource_type, id_),
-            ).fetchall()
+        return await self._read(
+            _fetch_all_stored,
+            "SELECT type, id, version, last_updated, deleted, json, date_start FROM history"
+            " WHERE type = ? AND id = ? ORDER BY version DESC",
+            (resource_type, id_),
         )
-        return [_stored(row) for row in rows]
 
     async def delete(self, resource_type: str, id_: str) -> bool:
-        return await self._write(lambda connection: self._delete(connection, resource_type, id_))
+        return await self._write(self._delete, resource_type, id_)
 
     def _delete(self, connection: sqlite3.Connection, resource_type: str, id_: str) -> bool:
         with _transaction(connection):
@@ -303,41 +350,21 @@ class SQLiteStore:
 
     async def search(self, query: Query) -> Page:
         statement, backwards = sqlite_query.search(query)
-        rows = await self._read(
-            lambda connection: connection.execute(statement.sql, statement.params).fetchall()
-        )
-        resources = [_stored(row) for row in rows[: query.limit]]
-        if backwards:
-            resources.reverse()
-        return Page(resources=resources, more=len(rows) > query.limit)
+        return await self._read(_fetch_page, statement, query.limit, backwards)
 
     async def count(self, query: Query) -> int:
         statement = sqlite_query.count(query)
-        row = await self._read(
-            lambda connection: connection.execute(statement.sql, statement.params).fetchone()
-        )
+        row = await self._read(_fetch_one, statement.sql, statement.params)
         return int(row[0])
 
     async def lastn(self, query: Query, max_per_group: int) -> list[StoredResource]:
-        def newest_per_group(connection: sqlite3.Connection) -> list[Any]:
-            rows: list[Any] = []
-            # One read transaction, so every group is read from the same snapshot.
-            with _transaction(connection, "BEGIN"):
-                groups = sqlite_query.lastn_groups(query)
-                for (code_group,) in connection.execute(groups.sql, groups.params).fetchall():
-                    group = sqlite_query.lastn_group(query, code_group, max_per_group)
-                    rows.extend(connection.execute(group.sql, group.params).fetchall())
-            return rows
-
-        return [_stored(row) for row in await self._read(newest_per_group)]
+        return await self._read(_newest_per_group, query, max_per_group)
 
     # -------------------------------------------------------------------- records
 
     async def get_record(self, kind: str, key: str) -> Record | None:
         row = await self._read(
-            lambda connection: connection.execute(
-                "SELECT version, data FROM records WHERE kind = ? AND key = ?", (kind, key)
-            ).fetchone()
+            _fetch_one, "SELECT version, data FROM records WHERE kind = ? AND key = ?", (kind, key)
         )
         return None if row is None else Record(kind, key, orjson.loads(row[1]), row[0])
 
@@ -394,7 +421,5 @@ class SQLiteStore:
             f"SELECT key, version, data FROM records WHERE {' AND '.join(conditions)}"
             " ORDER BY key LIMIT ?"
         )
-        rows = await self._read(
-            lambda connection: connection.execute(sql, (*params, limit)).fetchall()
-        )
+        rows = await self._read(_fetch_all, sql, (*params, limit))
         return [Record(kind, key, orjson.loads(data), version) for key, version, data in rows]

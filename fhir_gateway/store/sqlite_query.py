@@ -206,6 +206,9 @@ def _add_clause(where: _Where, clause: object) -> None:
             parts = [_last_updated(bounds) for bounds in clause.alternatives]
         condition, params = _any_of(parts)
         where.add(f"({condition})", *params)
+        if clause.field == "date" and len(clause.alternatives) > 1:
+            for bound, bound_params in _date_index_bounds(where.date_start, clause.alternatives):
+                where.add(bound, *bound_params)
     elif isinstance(clause, QuantityClause):
         condition, params = _any_of(
             [_quantity("q.value", "q.system", "q.code", "q.unit", m) for m in clause.alternatives]
@@ -295,6 +298,35 @@ def _date_range(start: str, end: str, bounds: RangeBounds) -> Fragment:
         conditions.append(f"{end} <= ?")
         params.append(bounds.end_le)
     return " AND ".join(conditions), params
+
+
+def _date_index_bounds(start: str, alternatives: tuple[RangeBounds, ...]) -> list[Fragment]:
+    """Bounds on `start` that every alternative implies, so an OR (`ge`, `le`, `ne`) still
+    reads one index range instead of everything before (or after) the date.
+
+    `ge` is "end > e OR (start >= s AND end <= e)": each side bounds start from below
+    (end > e implies start > e - max_span), so start >= min(e - max_span, s) holds for both.
+    """
+    lowers: list[Fragment] = []
+    uppers: list[Fragment] = []
+    for bounds in alternatives:
+        if bounds.start_ge is not None:
+            lowers.append(("?", [bounds.start_ge]))
+        elif bounds.end_gt is not None:
+            lowers.append((f"? - {_MAX_SPAN}", [bounds.end_gt]))
+        if bounds.start_lt is not None:
+            uppers.append(("?", [bounds.start_lt]))
+    found: list[Fragment] = []
+    # min()/max() with two or more arguments are SQLite's scalar functions (one = aggregate).
+    for operator, function, parts in ((">=", "min", lowers), ("<", "max", uppers)):
+        if len(parts) == len(alternatives):
+            found.append(
+                (
+                    f"{start} {operator} {function}({', '.join(sql for sql, _ in parts)})",
+                    [param for _, params in parts for param in params],
+                )
+            )
+    return found
 
 
 def _last_updated(bounds: RangeBounds) -> Fragment:
