@@ -3,7 +3,11 @@
 Loads a realistic data set into the embedded store (default 200,000 Observations across 100
 patients), serves it with uvicorn exactly like `fhir-gateway serve`, and drives
 `GET /Observation?patient=&code=&date=ge..&date=lt..&_count=20` and `GET /__bare` (the same bytes,
-same server config). Prints req/s, p50 and p99 of both and the ratios. Not a test.
+same server config). The search runs three ways: with the response cache on, for one URL
+(`cached`) and for the patient cycling over every patient (`cached, patient varies`); and with
+the cache off (`BENCH_SEARCH_CACHE=off`) and the patient cycling (`uncached`), so every request
+runs the full parse → SQLite → Bundle path. Prints req/s, p50 and p99 of each, and the ratios
+against the bare route of the same server. Not a test.
 
     python bench/search_bench.py [--observations 200000] [--patients 100] [--duration 10]
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import re
@@ -23,6 +28,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -134,19 +141,47 @@ def _ms(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def run_wrk(wrk: str, url: str, token: str, duration: int, connections: int) -> dict[str, float]:
+def run_wrk(
+    wrk: str,
+    url: str,
+    token: str,
+    duration: int,
+    connections: int,
+    script: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """req/s, p50 and p99 (ms) of one wrk run; `script` = (lua file, *its arguments)."""
+    lua = ["-s", script[0], url, "--", *script[1:]] if script else [url]
     output = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         "-H", f"Authorization: Bearer {token}", url],
+         "-H", f"Authorization: Bearer {token}", *lua],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"50%\s+(\S+)", output)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"99%\s+(\S+)", output)[1])  # type: ignore[index]
+    # Anchored: a "+/- Stdev" column such as "72.50%" must not read as the 50th percentile.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
         raise RuntimeError(f"{errors[1]} error responses from {url}")
     return {"rps": rps, "p50": p50, "p99": p99}
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[str]:
+    """uvicorn as `fhir-gateway serve` runs it (1 worker, uvloop, httptools), until exit."""
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.bench_app:create", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+         "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+        env=env, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    try:
+        wait_ready(f"{base}/health")
+        yield base
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=10)
 
 
 def main() -> None:
@@ -157,51 +192,62 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     wrk = ensure_wrk()
+    search_path = (
+        "/Observation?patient={patient}&code=http://loinc.org|29463-7"
+        "&date=ge2024-03-01&date=lt2024-09-01&_count=20"
+    )
+    vary = (str(Path(__file__).with_name("vary_patient.lua")), search_path, str(args.patients))
+    runs: dict[str, dict[str, float]] = {}
 
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         data_dir = Path(tmp)
         token = asyncio.run(load(data_dir, args.observations, args.patients))
         port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        search = f"{base}/Observation?patient=p7&code=http://loinc.org|29463-7&date=ge2024-03-01&date=lt2024-09-01&_count=20"
         body_path = data_dir / "bare.json"
-        request = urllib.request.Request(search, headers={"Authorization": f"Bearer {token}"})
-        env = {**os.environ, "DATA_DIR": str(data_dir), "BASE_URL": base, "LOG_LEVEL": "WARNING",
-               "ENCRYPTION_KEY": "", "BENCH_BARE_BODY": str(body_path)}  # fmt: skip
+        env = {
+            **os.environ,
+            "DATA_DIR": str(data_dir),
+            "BASE_URL": f"http://127.0.0.1:{port}",
+            "LOG_LEVEL": "WARNING",
+            "ENCRYPTION_KEY": "",
+            "BENCH_BARE_BODY": str(body_path),
+        }
         body_path.write_bytes(b"{}")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.bench_app:create", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-            env=env, cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
-        try:
-            wait_ready(f"{base}/health")
+        with serving(env, port) as base:
+            request = urllib.request.Request(
+                base + search_path.format(patient="p7"),
+                headers={"Authorization": f"Bearer {token}"},
+            )
             with urllib.request.urlopen(request) as response:
                 body_path.write_bytes(response.read())
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=10)
-        # Restart so the bare route serves the captured search bytes.
-        server = subprocess.Popen(server.args, env=env, cwd=Path(__file__).resolve().parent.parent)
-        try:
-            wait_ready(f"{base}/health")
-            run_wrk(wrk, search, token, 2, args.connections)  # warm-up
-            searched = run_wrk(wrk, search, token, args.duration, args.connections)
-            bare = run_wrk(wrk, f"{base}/__bare", token, args.duration, args.connections)
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=10)
+        # Restarted so the bare route serves the captured search bytes.
+        for cache in ("on", "off"):
+            with serving({**env, "BENCH_SEARCH_CACHE": cache}, port) as base:
+                search = base + search_path.format(patient="p7")
+                bench = functools.partial(run_wrk, wrk, token=token, duration=args.duration,
+                                          connections=args.connections)  # fmt: skip
+                run_wrk(wrk, search, token, 2, args.connections, vary)  # warm-up
+                if cache == "on":
+                    runs["cached"] = bench(search)
+                    runs["cached, patient varies"] = bench(base, script=vary)
+                    runs["bare (cache on)"] = bench(f"{base}/__bare")
+                else:
+                    runs["uncached, patient varies"] = bench(base, script=vary)
+                    runs["bare (cache off)"] = bench(f"{base}/__bare")
 
     print(f"data set: {args.observations} Observations, {args.patients} patients; "
-          f"wrk 1 thread, {args.connections} connections, {args.duration} s each")  # fmt: skip
-    print(f"{'':8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, figures in (("search", searched), ("bare", bare)):
-        print(f"{name:8}{figures['rps']:>10.0f}{figures['p50']:>10.2f}{figures['p99']:>10.2f}")
-    ratio = searched["rps"] / bare["rps"]
-    p99_ratio = searched["p99"] / bare["p99"]
-    print(f"ratio search/bare req/s: {ratio:.2f} (target >= 0.6)")
-    print(f"ratio search/bare p99:   {p99_ratio:.2f} (target <= 2.0)")
+          f"wrk 1 thread, {args.connections} connections, {args.duration} s each; "
+          f"{os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"{'search':26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s ratio':>13}{'p99 ratio':>11}"
+    )
+    for name, figures in runs.items():
+        line = f"{name:26}{figures['rps']:>9.0f}{figures['p50']:>9.2f}{figures['p99']:>9.2f}"
+        if not name.startswith("bare"):
+            bare = runs["bare (cache off)" if name.startswith("uncached") else "bare (cache on)"]
+            line += f"{figures['rps'] / bare['rps']:>13.2f}{figures['p99'] / bare['p99']:>11.2f}"
+        print(line)
+    print("ratios are against the bare route of the same server; targets: req/s >= 0.6, p99 <= 2")
 
 
 if __name__ == "__main__":

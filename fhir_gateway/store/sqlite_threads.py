@@ -10,6 +10,7 @@ its arguments travel as they are, so callers build no closure per call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -91,46 +92,49 @@ class ConnectionThreads:
             connection.close()
 
 
-class SharedProbe:
-    """One run of `probe` answers every caller that asked before that run was queued.
+class ProbeRun:
+    """One queued run of a shared probe; the worker flips `started` just before it reads."""
 
-    A caller is never answered by a run queued before it asked, so a commit that finished before
-    the call is always seen; callers that arrive during a run share the next one. Under load this
-    turns N version checks into one thread round trip.
+    __slots__ = ("started", "callers")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.callers: list[asyncio.Future[int]] = []
+
+
+class SharedProbe:
+    """One run of `probe` answers every caller that asked before that run started reading.
+
+    A caller joins the queued run while the worker has not started it (the worker sets
+    `ProbeRun.started` before it reads, and a caller checks the flag after it arrived), else
+    queues a new run; so every answer comes from a read that began after the caller asked, and
+    a commit finished before the call is always seen. Under load, N checks cost one round trip.
     """
 
-    def __init__(self, probe: Callable[[], asyncio.Future[int]]) -> None:
+    def __init__(self, probe: Callable[[ProbeRun], asyncio.Future[int]]) -> None:
         self._probe = probe
-        self._asking: list[asyncio.Future[int]] = []
-        self._running = False
+        self._queued: ProbeRun | None = None
 
     async def __call__(self) -> int:
+        run = self._queued
+        if run is None or run.started:
+            run = ProbeRun()
+            running = self._probe(run)  # StoreError when closed: raised to this caller
+            self._queued = run
+            running.add_done_callback(functools.partial(self._finished, run))
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._asking.append(answer)
-        if not self._running:
-            self._launch()
+        run.callers.append(answer)
         return await answer
 
-    def _launch(self) -> None:
-        callers, self._asking = self._asking, []
-        try:
-            running = self._probe()
-        except StoreError as error:
-            self._answer(callers, None, error)
-            return
-        self._running = True
-        running.add_done_callback(lambda done: self._finished(callers, done))
-
-    def _finished(self, callers: list[asyncio.Future[int]], done: asyncio.Future[int]) -> None:
-        self._running = False
+    def _finished(self, run: ProbeRun, done: asyncio.Future[int]) -> None:
+        if self._queued is run:
+            self._queued = None
         if done.cancelled():
-            self._answer(callers, None, StoreError("the SQLite version check was cancelled"))
+            self._answer(run.callers, None, StoreError("the SQLite version check was cancelled"))
         elif (error := done.exception()) is not None:
-            self._answer(callers, None, error)
+            self._answer(run.callers, None, error)
         else:
-            self._answer(callers, done.result(), None)
-        if self._asking:
-            self._launch()
+            self._answer(run.callers, done.result(), None)
 
     @staticmethod
     def _answer(

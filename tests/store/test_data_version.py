@@ -16,7 +16,7 @@ import pytest
 from fhir_gateway.errors import StoreError
 from fhir_gateway.store import MongoStore, SQLiteStore
 from fhir_gateway.store.data_version import DataVersioned
-from fhir_gateway.store.sqlite_threads import ConnectionThreads, SharedProbe
+from fhir_gateway.store.sqlite_threads import ConnectionThreads, ProbeRun, SharedProbe
 from tests.store import resources as fx
 from tests.store.conftest import make_mongo_store
 
@@ -139,15 +139,21 @@ async def test_concurrent_version_checks_agree_and_see_a_prior_commit(
 
 
 class ManualProbe:
-    """A probe whose runs the test finishes by hand, counting how many were started."""
+    """A probe whose runs the test starts and finishes by hand."""
 
     def __init__(self) -> None:
-        self.runs: list[asyncio.Future[int]] = []
+        self.runs: list[tuple[ProbeRun, asyncio.Future[int]]] = []
 
-    def __call__(self) -> asyncio.Future[int]:
-        run: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.runs.append(run)
-        return run
+    def __call__(self, run: ProbeRun) -> asyncio.Future[int]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.runs.append((run, done))
+        return done
+
+    def start(self, index: int) -> None:
+        self.runs[index][0].started = True  # what the worker does before it reads
+
+    def finish(self, index: int, version: int) -> None:
+        self.runs[index][1].set_result(version)
 
 
 async def settle() -> None:
@@ -155,63 +161,56 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_caller_arriving_during_a_run_waits_for_the_next_run() -> None:
+async def test_callers_join_a_run_until_it_starts_reading_then_queue_the_next() -> None:
     probe = ManualProbe()
     shared = SharedProbe(probe)
-    early = asyncio.ensure_future(shared())
+    early = [asyncio.ensure_future(shared()) for _ in range(3)]
     await settle()
-    late = [asyncio.ensure_future(shared()) for _ in range(3)]
+    assert len(probe.runs) == 1  # all three share the queued run
+    probe.start(0)
+    late = [asyncio.ensure_future(shared()) for _ in range(2)]
     await settle()
-    assert len(probe.runs) == 1  # one in flight; the late callers queue behind it
+    assert len(probe.runs) == 2  # the first run began reading before they asked
 
-    probe.runs[0].set_result(1)  # "the version before a commit the late callers may follow"
+    probe.finish(0, 1)  # "the version before a commit the late callers may follow"
     await settle()
-    assert early.result() == 1
+    assert [caller.result() for caller in early] == [1, 1, 1]
     assert not any(caller.done() for caller in late)
-    assert len(probe.runs) == 2  # one more run serves all three late callers
 
-    probe.runs[1].set_result(2)
+    probe.start(1)
+    probe.finish(1, 2)
     await settle()
-    assert [caller.result() for caller in late] == [2, 2, 2]
+    assert [caller.result() for caller in late] == [2, 2]
     assert len(probe.runs) == 2
 
 
 async def test_a_failed_run_fails_its_callers_with_a_store_error_each() -> None:
     probe = ManualProbe()
     shared = SharedProbe(probe)
-    first = asyncio.ensure_future(shared())
+    callers = [asyncio.ensure_future(shared()) for _ in range(2)]
     await settle()
-    callers = [asyncio.ensure_future(shared()) for _ in range(2)]  # both wait for run two
+    probe.start(0)
+    probe.runs[0][1].set_exception(sqlite3.OperationalError("disk I/O error"))
     await settle()
-    probe.runs[0].set_result(1)
-    await settle()
-    probe.runs[1].set_exception(sqlite3.OperationalError("disk I/O error"))
-    await settle()
-    assert first.result() == 1
     errors = [caller.exception() for caller in callers]
     assert all(isinstance(error, StoreError) for error in errors)
     assert errors[0] is not errors[1]
     # The probe recovers: the next caller gets a fresh run.
     again = asyncio.ensure_future(shared())
     await settle()
-    probe.runs[2].set_result(7)
+    probe.finish(1, 7)
     assert await again == 7
 
 
 async def test_a_cancelled_caller_does_not_stop_the_others() -> None:
     probe = ManualProbe()
     shared = SharedProbe(probe)
-    first = asyncio.ensure_future(shared())
-    await settle()
     leaving, staying = asyncio.ensure_future(shared()), asyncio.ensure_future(shared())
     await settle()
     leaving.cancel()
-    probe.runs[0].set_result(3)
+    probe.finish(0, 3)
     await settle()
-    probe.runs[1].set_result(4)
-    await settle()
-    assert first.result() == 3
-    assert leaving.cancelled() and staying.result() == 4
+    assert leaving.cancelled() and staying.result() == 3
 
 
 # ---------------------------------------------------------------- ConnectionThreads
