@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     wrk = ensure_wrk()
+    load_before = os.getloadavg()[0]
     search_path = (
         "/Observation?patient={patient}&code=http://loinc.org|29463-7"
         "&date=ge2024-03-01&date=lt2024-09-01&_count=20"
@@ -237,7 +238,8 @@ def main() -> None:
 
     print(f"data set: {args.observations} Observations, {args.patients} patients; "
           f"wrk 1 thread, {args.connections} connections, {args.duration} s each; "
-          f"{os.cpu_count()} cores")  # fmt: skip
+          f"{os.cpu_count()} cores; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (other processes skew every figure)")  # fmt: skip
     print(
         f"{'search':26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s ratio':>13}{'p99 ratio':>11}"
     )
