@@ -6,23 +6,25 @@ patients), serves it with uvicorn exactly like `fhir-gateway serve`, and drives
 same server config). The search runs three ways: with the response cache on, for one URL
 (`cached`) and for the patient cycling over every patient (`cached, patient varies`); and with
 the cache off (`BENCH_SEARCH_CACHE=off`) and the patient cycling (`uncached`), so every request
-runs the full parse → SQLite → Bundle path. Prints req/s, p50 and p99 of each, and the ratios
-against the bare route of the same server. Not a test.
+runs the full parse → SQLite → Bundle path. Two servers (cache on, cache off) run side by side
+and the variants take turns in short rounds; it prints the medians of req/s, p50 and p99 of each,
+and of the per-round ratios against the bare route of the same server. Not a test.
 
     python bench/search_bench.py [--observations 200000] [--patients 100] [--duration 10]
+                                 [--rounds 5] [--connections 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
 import random
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,7 +190,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--patients", type=int, default=100)
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per variant, in all")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     wrk = ensure_wrk()
@@ -198,56 +201,75 @@ def main() -> None:
         "&date=ge2024-03-01&date=lt2024-09-01&_count=20"
     )
     vary = (str(Path(__file__).with_name("vary_patient.lua")), search_path, str(args.patients))
-    runs: dict[str, dict[str, float]] = {}
+    seconds = max(1, args.duration // args.rounds)
+    samples: dict[str, list[dict[str, float]]] = {}
 
     with tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
         data_dir = Path(tmp)
         token = asyncio.run(load(data_dir, args.observations, args.patients))
-        port = free_port()
+        cached_port, uncached_port = free_port(), free_port()
         body_path = data_dir / "bare.json"
         env = {
             **os.environ,
             "DATA_DIR": str(data_dir),
-            "BASE_URL": f"http://127.0.0.1:{port}",
+            # Only names the server in links; both servers use one, so their bytes compare.
+            "BASE_URL": f"http://127.0.0.1:{cached_port}",
             "LOG_LEVEL": "WARNING",
             "ENCRYPTION_KEY": "",
             "BENCH_BARE_BODY": str(body_path),
         }
         body_path.write_bytes(b"{}")
-        with serving(env, port) as base:
+        with serving(env, cached_port) as base:
             request = urllib.request.Request(
                 base + search_path.format(patient="p7"),
                 headers={"Authorization": f"Bearer {token}"},
             )
             with urllib.request.urlopen(request) as response:
                 body_path.write_bytes(response.read())
-        # Restarted so the bare route serves the captured search bytes.
-        for cache in ("on", "off"):
-            with serving({**env, "BENCH_SEARCH_CACHE": cache}, port) as base:
-                search = base + search_path.format(patient="p7")
-                bench = functools.partial(run_wrk, wrk, token=token, duration=args.duration,
-                                          connections=args.connections)  # fmt: skip
-                run_wrk(wrk, search, token, 2, args.connections, vary)  # warm-up
-                if cache == "on":
-                    runs["cached"] = bench(search)
-                    runs["cached, patient varies"] = bench(base, script=vary)
-                    runs["bare (cache on)"] = bench(f"{base}/__bare")
-                else:
-                    runs["uncached, patient varies"] = bench(base, script=vary)
-                    runs["bare (cache off)"] = bench(f"{base}/__bare")
+        # Restarted so the bare route serves the captured search bytes; both servers run side
+        # by side, and the variants take turns in short rounds, so that a burst of load from
+        # elsewhere on the machine hits every variant alike instead of one of them.
+        with (
+            serving({**env, "BENCH_SEARCH_CACHE": "on"}, cached_port) as cached,
+            serving({**env, "BENCH_SEARCH_CACHE": "off"}, uncached_port) as uncached,
+        ):
+            variants = [
+                ("cached", cached + search_path.format(patient="p7"), ()),
+                ("cached, patient varies", cached, vary),
+                ("bare (cache on)", f"{cached}/__bare", ()),
+                ("uncached, patient varies", uncached, vary),
+                ("bare (cache off)", f"{uncached}/__bare", ()),
+            ]
+            for base in (cached, uncached):  # warm-up: SQLite pages, the cache, the code
+                run_wrk(wrk, base, token, 2, args.connections, vary)
+            for _ in range(args.rounds):
+                for name, url, script in variants:
+                    figures = run_wrk(wrk, url, token, seconds, args.connections, script)
+                    samples.setdefault(name, []).append(figures)
 
     print(f"data set: {args.observations} Observations, {args.patients} patients; "
-          f"wrk 1 thread, {args.connections} connections, {args.duration} s each; "
-          f"{os.cpu_count()} cores; load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after (other processes skew every figure)")  # fmt: skip
+          f"wrk 1 thread, {args.connections} connections; {args.rounds} rounds of {seconds} s "
+          f"per variant, interleaved; medians over rounds; {os.cpu_count()} cores; "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     print(
         f"{'search':26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s ratio':>13}{'p99 ratio':>11}"
     )
-    for name, figures in runs.items():
-        line = f"{name:26}{figures['rps']:>9.0f}{figures['p50']:>9.2f}{figures['p99']:>9.2f}"
+    for name, runs in samples.items():
+        line = "".join(
+            f"{statistics.median(run[metric] for run in runs):>9.{digits}f}"
+            for metric, digits in (("rps", 0), ("p50", 2), ("p99", 2))
+        )
+        line = f"{name:26}{line}"
         if not name.startswith("bare"):
-            bare = runs["bare (cache off)" if name.startswith("uncached") else "bare (cache on)"]
-            line += f"{figures['rps'] / bare['rps']:>13.2f}{figures['p99'] / bare['p99']:>11.2f}"
+            bare = samples["bare (cache off)" if name.startswith("uncached") else "bare (cache on)"]
+            # Each round's ratio pairs runs minutes apart at most; the median of those ratios.
+            rps = statistics.median(
+                run["rps"] / b["rps"] for run, b in zip(runs, bare, strict=True)
+            )
+            p99 = statistics.median(
+                run["p99"] / b["p99"] for run, b in zip(runs, bare, strict=True)
+            )
+            line += f"{rps:>13.2f}{p99:>11.2f}"
         print(line)
     print("ratios are against the bare route of the same server; targets: req/s >= 0.6, p99 <= 2")
 
