@@ -390,6 +390,16 @@ class CpuMeter:
 # ---------------------------------------------------------------- the run
 
 
+def summarise_log(path: Path) -> None:
+    """How many lines the server logged, by message (the JSON log's "message"; else the line)."""
+    messages: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        match = re.search(r'"message":"([^"]*)"', line)
+        messages[match[1] if match else line[:120]] += 1
+    for message, times in messages.most_common(5):
+        print(f"server log: {times} x {message}", file=sys.stderr)
+
+
 def queued_jobs(client: redis.Redis) -> int:
     """Jobs waiting in arq's default queue (a sorted set; nothing consumes it here)."""
     jobs: int = client.zcard("arq:queue")  # type: ignore[assignment]  # sync client: an int
@@ -432,11 +442,13 @@ def main() -> None:
         queue = redis.Redis(port=redis_port)
         env = {**os.environ, "DATA_DIR": str(data_dir), "BASE_URL": base, "LOG_LEVEL": "WARNING",
                "ENCRYPTION_KEY": key, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}  # fmt: skip
+        # Under overload every timed-out enqueue logs a warning: keep them out of the figures.
+        server_log = data_dir / "server.log"
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", args.app, "--factory",
              "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
              "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-            env=env, cwd=ROOT,
+            env=env, cwd=ROOT, stderr=server_log.open("wb"),
         )  # fmt: skip
         try:
             wait_ready(f"{base}/health", server)
@@ -510,6 +522,7 @@ def main() -> None:
         finally:
             stop(server)
             stop(broker)
+            summarise_log(server_log)
 
     report(args, count, wrk_webhook, (wrk_jobs, wrk_inbox_only), wrk_bare, repetitions)
 
@@ -535,7 +548,7 @@ def report(
     print("jobs: arq jobs enqueued; inbox: acknowledged but left for the sweeper (enqueue timed "
           "out); cpu: % of one core while measuring, by the server (all threads), redis-server, "
           "this generator, and 'other' (not this benchmark: high = a noisy run)")  # fmt: skip
-    header = f"{'':24}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'jobs':>6}{'inbox':>6}"
+    header = f"{'':24}{'req/s':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'jobs':>6}{'inbox':>6}"
     print(f"{header}{'errors':>7}  cpu server/redis/generator/other")
     for number, results in enumerate(repetitions, start=1):
         if len(repetitions) > 1:
@@ -546,8 +559,8 @@ def report(
             cpu = figures.cpu or {}
             shares = "/".join(f"{cpu.get(who, 0.0):.0f}"
                               for who in ("server", "redis", "generator", "other"))  # fmt: skip
-            print(f"{name:24}{figures.rps:>7.0f}{figures.percentile(0.5):>8.2f}"
-                  f"{figures.percentile(0.99):>8.2f}{figures.latencies_ms[-1]:>8.2f}{jobs:>6}"
+            print(f"{name:24}{figures.rps:>6.0f}{figures.percentile(0.5):>9.2f}"
+                  f"{figures.percentile(0.99):>9.2f}{figures.latencies_ms[-1]:>9.2f}{jobs:>6}"
                   f"{inbox_only:>6}{figures.errors.total():>7}  {shares}")  # fmt: skip
             if figures.errors:
                 print(f"{'':24}errors: {dict(figures.errors)}")
@@ -571,12 +584,12 @@ def report(
         return
     print(f"\nthroughput: wrk 1 thread, {args.connections} connections, {args.duration} s "
           "(closed loop: latencies are at saturation)")  # fmt: skip
-    print(f"{'':24}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'jobs':>6}{'inbox':>6}")
+    print(f"{'':24}{'req/s':>6}{'p50 ms':>9}{'p99 ms':>9}{'jobs':>6}{'inbox':>6}")
     for name, (rps, p50, p99), (jobs, inbox_only) in (
         ("webhook", wrk_webhook, (str(wrk_outcomes[0]), str(wrk_outcomes[1]))),
         ("bare", wrk_bare, ("-", "-")),
     ):
-        print(f"{name:24}{rps:>7.0f}{p50:>8.2f}{p99:>8.2f}{jobs:>6}{inbox_only:>6}")
+        print(f"{name:24}{rps:>6.0f}{p50:>9.2f}{p99:>9.2f}{jobs:>6}{inbox_only:>6}")
     print(f"ratio webhook/bare req/s: {wrk_webhook[0] / wrk_bare[0]:.2f}")
 
 
