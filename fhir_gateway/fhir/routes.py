@@ -361,13 +361,15 @@ class FhirApi:
 
 
 def fhir_routes(api: FhirApi) -> list[Route]:
+    # Type-level search is the hot path, so it is tried right after /metadata (the one path it
+    # would shadow); the others hold a slash it cannot match.
     return [
         Route("/metadata", api.metadata, methods=["GET"]),
+        Route("/{type}", api.search_get, methods=["GET"]),
         Route("/CodeSystem/{id}", api.code_system, methods=["GET"]),
         Route("/Observation/$lastn", api.lastn, methods=["GET"]),
         Route("/{type}/_search", api.search_post, methods=["POST"]),
         Route("/{type}/{id}/_history/{vid}", api.vread, methods=["GET"]),
         Route("/{type}/{id}/_history", api.instance_history, methods=["GET"]),
         Route("/{type}/{id}", api.read, methods=["GET"]),
-        Route("/{type}", api.search_get, methods=["GET"]),
     ]
