@@ -1,4 +1,4 @@
-"""What `fhir-gateway keys|users|sync` do; the CLI only parses arguments and prints."""
+"""What `fhir-gateway keys|users|sync|jobs` do; the CLI only parses arguments and prints."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import httpx
 from fhir_gateway.config import Settings
 from fhir_gateway.ingest.cursors import CursorStore
 from fhir_gateway.ingest.sync import ProgressCallback, SyncReport
+from fhir_gateway.jobs.inbox import pending_count
+from fhir_gateway.jobs.queue import describe_dead_letter, list_dead_letters
 from fhir_gateway.services import ServiceOverrides, open_services
 from fhir_gateway.store.base import Store
 from fhir_gateway.store.factory import make_store
@@ -28,6 +30,14 @@ class UserRow:
     token_expires_at: float
     scope: str
     measures_lastupdate: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsReport:
+    """`fhir-gateway jobs`: jobs given up on (one line each) and notifications not yet queued."""
+
+    dead_letters: list[str]
+    inbox_pending: int
 
 
 def generate_key() -> str:
@@ -92,3 +102,14 @@ async def sync(
         overrides=overrides,
     ) as services:
         return await services.sync.sync_all(None if userid is None else [userid], progress=progress)
+
+
+async def jobs_report(settings: Settings, *, store: Store | None = None) -> JobsReport:
+    """Dead letters (newest failure last) and the inbox backlog, read from the store."""
+    async with _opened_store(settings, store) as opened:
+        records = await list_dead_letters(opened)
+        records.sort(key=lambda record: float(record.data.get("last_failed_at", 0.0)))
+        return JobsReport(
+            dead_letters=[describe_dead_letter(record) for record in records],
+            inbox_pending=await pending_count(opened),
+        )

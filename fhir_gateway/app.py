@@ -21,17 +21,15 @@ from fhir_gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    StoreError,
 )
 from fhir_gateway.fhir.access import StoreTokenAuthenticator
 from fhir_gateway.fhir.http import error_response
 from fhir_gateway.fhir.routes import FhirApi, fhir_routes
 from fhir_gateway.jobs.inbox import Notification
+from fhir_gateway.metrics import GatewayMetrics, metrics_route
 from fhir_gateway.middleware import EdgeMiddleware
 from fhir_gateway.services import (
-    SANDBOX_CONSENT_PATH,
     SANDBOX_MOUNT,
-    SandboxMode,
     ServiceOverrides,
     ServicesHolder,
     open_services,
@@ -70,21 +68,13 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(mapped)
 
 
-def sandbox_routes(sandbox: SandboxMode) -> list[BaseRoute]:
-    """The simulator under /sandbox/withings; its consent form posts to the root path it has
-    on its own host, so that one path is routed to it as well (raw, no prefix stripped)."""
-    return [
-        Mount(SANDBOX_MOUNT, app=sandbox.app),
-        Route(SANDBOX_CONSENT_PATH, sandbox.app, methods=["POST"]),
-    ]
-
-
 def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
     withings_transport: httpx.AsyncBaseTransport | None = None,
     overrides: ServiceOverrides | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> Starlette:
     """The ASGI application. Pass `store` (and the other seams) to inject them (tests); else
     built from settings. With settings.sandbox the Withings simulator is mounted and used."""
@@ -101,24 +91,19 @@ def create_app(
     owns_store = store is None
     active_store: Store = store if store is not None else make_store(settings)
     holder = ServicesHolder()
+    app_metrics = metrics or GatewayMetrics()
     api = FhirApi(active_store, StoreTokenAuthenticator(active_store), settings.base_url)
 
     async def health(request: Request) -> Response:
+        # Liveness only: no I/O, so a slow store never gets a live process restarted.
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        checks: dict[str, str] = {}
-        healthy = True
-        try:
-            await active_store.ping()
-            checks["store"] = "ok"
-        except StoreError:
-            checks["store"] = "unavailable"
-            healthy = False
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks},
-            status_code=200 if healthy else 503,
-        )
+        readiness = await holder.services.readiness()
+        return JSONResponse(readiness.to_json(), status_code=200 if readiness.ready else 503)
+
+    async def require_admin(request: Request) -> None:
+        (await api.access(request)).require_admin()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -128,6 +113,7 @@ def create_app(
             close_store=owns_store,
             withings_transport=withings_transport,
             overrides=overrides,
+            metrics=app_metrics,
         ) as services:
             holder.set(services)
             try:
@@ -141,15 +127,17 @@ def create_app(
         return await holder.services.webhook_secret()
 
     async def on_notification(notification: Notification) -> str:
-        return await holder.services.jobs.intake()(notification)
+        return await holder.services.on_notification(notification)
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
+        # Admin bearer token, like the workflow endpoints (see metrics_route for why).
+        metrics_route(app_metrics.registry, authorize=require_admin),
         *withings_routes(holder, api, settings.base_url),
-        *webhook_routes(active_store, webhook_secret, on_notification),
+        *webhook_routes(active_store, webhook_secret, on_notification, metrics=app_metrics),
         # Before the FHIR routes: their /{type}/{id} pattern would shadow the mount.
-        *(sandbox_routes(sandbox) if sandbox is not None else []),
+        *([Mount(SANDBOX_MOUNT, app=sandbox.app)] if sandbox is not None else []),
         *fhir_routes(api),
     ]
     app = Starlette(

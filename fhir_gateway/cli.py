@@ -15,6 +15,7 @@ from fhir_gateway.config import Settings
 from fhir_gateway.errors import ConfigError, GatewayError
 from fhir_gateway.fhir.access import create_access_token, has_access_tokens
 from fhir_gateway.ingest.sync import SyncProgress
+from fhir_gateway.jobs.worker import run_worker
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.services import sandbox_hint
 from fhir_gateway.store.factory import make_store
@@ -205,9 +206,40 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if any(user.outcome == "failed" for user in report.users) else 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if settings.redis_url is None:
+        _err(
+            "error: `fhir-gateway worker` needs REDIS_URL; without Redis, "
+            "`fhir-gateway serve` runs the jobs itself"
+        )
+        return 2
+    configure_logging(settings.log_level)
+    run_worker(settings)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    settings = _settings()
+    report = _run(lambda: admin.jobs_report(settings))
+    if report.dead_letters:
+        print(f"{len(report.dead_letters)} dead letters (jobs given up on):")
+        for line in report.dead_letters:
+            print(f"  {line}")
+    else:
+        print("no dead letters")
+    print(f"inbox backlog: {report.inbox_pending} notifications waiting to be queued")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fhir-gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="fhir-gateway",
+        description="Withings measurements as a FHIR R4 API. Try: fhir-gateway serve --sandbox",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
 
     serve = commands.add_parser("serve", help="serve the FHIR API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -245,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="incremental Withings sync now, in this process")
     sync.add_argument("--userid", help="only this Withings user")
     sync.set_defaults(handler=cmd_sync)
+
+    worker = commands.add_parser("worker", help="run the background jobs from Redis (REDIS_URL)")
+    worker.set_defaults(handler=cmd_worker)
+
+    jobs = commands.add_parser("jobs", help="failed background jobs and the notification backlog")
+    jobs.set_defaults(handler=cmd_jobs)
     return parser
 
 

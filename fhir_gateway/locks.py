@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock as RedisLock
 from redis.exceptions import LockNotOwnedError, RedisError
 
+from fhir_gateway.config import Settings
 from fhir_gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class InProcessLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    async def aclose(self) -> None:
+        return None
+
     def lock(
         self, name: str, *, timeout: float, blocking_timeout: float | None = None
     ) -> AbstractAsyncContextManager[None]:
@@ -83,10 +87,27 @@ class InProcessLocks:
 class RedisLocks:
     """Locks shared by every process using one Redis: `SET key token NX PX`, compare-and-delete."""
 
-    def __init__(self, redis: Redis, *, prefix: str = "fhir-gateway:lock:", poll: float = 0.05):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "fhir-gateway:lock:",
+        poll: float = 0.05,
+        owns_connection: bool = False,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._poll = poll
+        self._owns_connection = owns_connection
+
+    @classmethod
+    def from_url(cls, redis_url: str) -> RedisLocks:
+        """Locks on their own connection pool (closed by `aclose`); connects on first use."""
+        return cls(Redis.from_url(redis_url), owns_connection=True)
+
+    async def aclose(self) -> None:
+        if self._owns_connection:
+            await self._redis.aclose()
 
     def lock(
         self, name: str, *, timeout: float, blocking_timeout: float | None = None
@@ -115,6 +136,13 @@ class RedisLocks:
             yield
         finally:
             await _release(lock, name)
+
+
+def make_locks(settings: Settings) -> InProcessLocks | RedisLocks:
+    """Shared by every process through Redis when REDIS_URL is set, else within this process."""
+    if settings.redis_url is None:
+        return InProcessLocks()
+    return RedisLocks.from_url(settings.redis_url)
 
 
 async def _release(lock: RedisLock, name: str) -> None:

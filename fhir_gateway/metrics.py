@@ -6,6 +6,8 @@ multi-process file mode is not needed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -42,8 +44,17 @@ class GatewayMetrics:
             ["job"],
             registry=self.registry,
         )
+        # Freshness as Withings sees it: stored at T, last changed at Withings at `modified`.
+        # Only incremental sweeps past an existing cursor set it, so a first backfill (years of
+        # history) or a re-fetched window (old rows again) never reads as lag.
         self.sync_lag = Gauge(
             "fhir_gateway_sync_lag_seconds",
+            "At the last sync that stored new Withings rows: seconds from the newest row's "
+            "`modified` to it being stored",
+            registry=self.registry,
+        )
+        self.notification_lag = Gauge(
+            "fhir_gateway_notification_lag_seconds",
             "Seconds from the oldest notification a sync served to that sync's success",
             registry=self.registry,
         )
@@ -72,10 +83,24 @@ class GatewayMetrics:
         return 0.0 if found is None else found
 
 
-def metrics_route(registry: CollectorRegistry, path: str = "/metrics") -> Route:
-    """GET /metrics in the Prometheus text exposition format."""
+# Raises the GatewayError (401/403) that the app turns into an OperationOutcome.
+Authorize = Callable[[Request], Awaitable[None]]
+
+
+def metrics_route(
+    registry: CollectorRegistry, path: str = "/metrics", *, authorize: Authorize | None = None
+) -> Route:
+    """GET /metrics in the Prometheus text exposition format, checked by `authorize` first.
+
+    The app passes an admin bearer-token check (the FHIR routes' authenticator): the counters
+    reveal how many people use the gateway and when, and Prometheus sends a bearer token
+    natively (`authorization: {credentials_file: …}` in the scrape config), so a separate
+    port or network rule is not needed.
+    """
 
     async def serve_metrics(request: Request) -> Response:
+        if authorize is not None:
+            await authorize(request)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Route(path, serve_metrics, methods=["GET"])

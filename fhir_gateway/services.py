@@ -9,11 +9,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
-from redis.asyncio import Redis
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhir_gateway.config import Settings
 from fhir_gateway.ingest.background import BackgroundTasks
@@ -21,8 +20,11 @@ from fhir_gateway.ingest.connect import CALLBACK_PATH, ConnectFlow
 from fhir_gateway.ingest.subscriptions import SUBSCRIBE_SPACING_SECONDS, Subscriptions, WebhookUrl
 from fhir_gateway.ingest.sync import SyncService
 from fhir_gateway.jobs.budget import make_budget
+from fhir_gateway.jobs.inbox import Notification
+from fhir_gateway.jobs.readiness import Readiness, check_readiness
 from fhir_gateway.jobs.worker import InProcessRunner, JobRuntime, make_job_runtime
-from fhir_gateway.locks import InProcessLocks, LockFactory, RedisLocks
+from fhir_gateway.locks import LockFactory, make_locks
+from fhir_gateway.metrics import GatewayMetrics
 from fhir_gateway.store.base import Store
 from fhir_gateway.store.factory import make_store
 from fhir_gateway.withings.client import WithingsClient, make_withings_client
@@ -37,8 +39,9 @@ STATE_SECRET_NAME = "oauth_state"
 SANDBOX_MOUNT = "/sandbox/withings"
 SANDBOX_CONSENT_PATH = "/oauth2_user/authorize2"
 SANDBOX_CLIENT_ID = "fhir-gateway-sandbox"
-# Never resolved: the client reaches the simulator through an in-process ASGI transport.
-SANDBOX_API_URL = "http://withings-sandbox.internal"
+# Withings' user-profile notification (§5.3): `action` unlink/delete means the account is gone.
+PROFILE_APPLI = 46
+UNLINK_ACTIONS = frozenset({"unlink", "delete"})
 
 
 @dataclass
@@ -56,10 +59,36 @@ class Services:
     background: BackgroundTasks
     jobs: JobRuntime
     webhook_secret: WebhookSecret
+    metrics: GatewayMetrics
     sandbox: SandboxState | None = None
 
     def __repr__(self) -> str:
         return f"Services(store={type(self.store).__name__}, sandbox={self.sandbox is not None})"
+
+    async def on_notification(self, notification: Notification) -> str:
+        """The webhook's hand-off; returns the outcome it counts.
+
+        An unlinked account (appli 46, action unlink/delete) is flagged at once: its tokens are
+        dead, so syncing it again could only fail. Other profile changes carry no data.
+        """
+        if notification.appli == PROFILE_APPLI:
+            if notification.action not in UNLINK_ACTIONS:
+                return "ignored_appli"
+            await self.vault.mark_needs_reauth(notification.userid, "unlinked")
+            return "unlinked"
+        return await self.jobs.intake()(notification)
+
+    async def readiness(self) -> Readiness:
+        """GET /health/ready: store, Redis when configured, re-auth users, inbox, dead letters."""
+
+        async def reauth_users() -> list[str]:
+            return [user.userid for user in await self.vault.list_users(status="needs_reauth")]
+
+        return await check_readiness(
+            self.store,
+            queue_ping=self.jobs.ping if self.settings.redis_url is not None else None,
+            reauth_users=reauth_users,
+        )
 
     async def settle(self) -> None:
         """Wait until this process's background work is done (tests, one-shot CLI commands)."""
@@ -107,26 +136,37 @@ async def open_services(
     close_store: bool | None = None,
     withings_transport: httpx.AsyncBaseTransport | None = None,
     overrides: ServiceOverrides | None = None,
+    metrics: GatewayMetrics | None = None,
+    worker: bool = False,
 ) -> AsyncIterator[Services]:
-    """Open everything; close what we opened. An injected store is opened but not closed."""
+    """Open everything; close what we opened. An injected store is opened but not closed.
+
+    `worker`: for `fhir-gateway worker`, where arq runs the jobs: no in-process job runtime
+    (its loops would duplicate the cron) and Redis is required.
+    """
     options = overrides or ServiceOverrides()
     clock = options.clock or time.time
+    gateway_metrics = metrics or GatewayMetrics()
     active_store = store if store is not None else make_store(settings)
     owns_store = store is None if close_store is None else close_store
     async with AsyncExitStack() as stack:
         await active_store.open()
         if owns_store:
             stack.push_async_callback(active_store.close)
-        redis: Redis | None = None
-        if settings.redis_url is not None and (options.locks is None or options.withings is None):
-            redis = Redis.from_url(settings.redis_url)
-            stack.push_async_callback(redis.aclose)
-        locks = options.locks or (RedisLocks(redis) if redis is not None else InProcessLocks())
+        locks = options.locks
+        if locks is None:
+            owned_locks = make_locks(settings)
+            stack.push_async_callback(owned_locks.aclose)
+            locks = owned_locks
         withings = options.withings
         if withings is None:
-            # No shared budget against the in-process sandbox: it is not Withings' quota.
-            budget = None if settings.sandbox else make_budget(settings, redis)
-            withings = make_withings_client(settings, withings_transport, budget=budget)
+            budget = None
+            if not settings.sandbox:  # the in-process sandbox is not Withings' quota
+                budget = make_budget(settings)
+                stack.push_async_callback(budget.aclose)
+            withings = make_withings_client(
+                settings, withings_transport, budget=budget, on_call=gateway_metrics.withings_call
+            )
             stack.push_async_callback(withings.aclose)
 
         vault = TokenVault(active_store, load_keys(settings), clock=clock)
@@ -143,11 +183,19 @@ async def open_services(
             spacing=options.subscribe_spacing,
         )
         sync = SyncService(
-            active_store, withings, tokens, vault, subscriptions=subscriptions, clock=clock
+            active_store,
+            withings,
+            tokens,
+            vault,
+            subscriptions=subscriptions,
+            clock=clock,
+            metrics=gateway_metrics,
         )
         background = BackgroundTasks()
         stack.push_async_callback(background.close)
-        jobs = make_job_runtime(settings, active_store, sync)
+        jobs = make_job_runtime(
+            settings, active_store, sync, metrics=gateway_metrics, worker=worker
+        )
         await jobs.start()
         stack.push_async_callback(jobs.stop)
 
@@ -181,6 +229,7 @@ async def open_services(
             background=background,
             jobs=jobs,
             webhook_secret=webhook_secret,
+            metrics=gateway_metrics,
             sandbox=options.sandbox,
         )
 
@@ -201,18 +250,33 @@ def webhook_url_provider(settings: Settings, secret: WebhookSecret) -> WebhookUr
 class SandboxMode:
     """The Withings simulator mounted in the gateway, and settings that point the client at it.
 
-    The browser sees it under BASE_URL/sandbox/withings; the client reaches the same app
-    in-process (an ASGI transport), so the demo needs no network and no Withings account.
+    The browser sees it under BASE_URL/sandbox/withings; the Withings client sends its calls to
+    the same mounted paths, through the gateway app in-process (an ASGI transport), so the demo
+    needs no network and no Withings account, and exercises exactly what the browser does.
     """
 
     state: SandboxState
     app: ASGIApp
     settings: Settings
-    transport: httpx.AsyncBaseTransport
+    # For the Withings client: its requests go through the gateway app (once attached).
+    transport: httpx.AsyncBaseTransport = field(init=False)
+    _gateway: ASGIApp | None = None
     _probe_client: httpx.AsyncClient | None = None
 
+    def __post_init__(self) -> None:
+        self.transport = httpx.ASGITransport(app=self._through_gateway)
+
+    async def _through_gateway(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The client is built (open_services) before the gateway app exists; it only sends
+        # requests once the app serves, by which time attach() has run.
+        if self._gateway is None:
+            raise RuntimeError("the sandbox is not attached to a gateway app yet")
+        await self._gateway(scope, receive, send)
+
     def attach(self, gateway: ASGIApp) -> None:
-        """Let the sandbox HEAD-probe and notify the gateway in-process (§5.2)."""
+        """Route the client through `gateway`, and let the sandbox HEAD-probe and notify it
+        in-process (§5.2)."""
+        self._gateway = gateway
         self._probe_client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=gateway), base_url=self.settings.base_url
         )
@@ -229,17 +293,13 @@ def sandbox_mode(settings: Settings) -> SandboxMode:
     state = SandboxState()
     client_secret = secrets.token_urlsafe(24)
     state.register_client(SANDBOX_CLIENT_ID, client_secret, [base + CALLBACK_PATH])
-    app = create_sandbox(state)
     pointed = settings.with_overrides(
         withings_client_id=SANDBOX_CLIENT_ID,
         withings_client_secret=client_secret,
-        withings_api_url=SANDBOX_API_URL,
+        withings_api_url=f"{base}{SANDBOX_MOUNT}",
         withings_authorize_url=f"{base}{SANDBOX_MOUNT}{SANDBOX_CONSENT_PATH}",
     )
-    # The API calls go straight to the simulator app: its handlers dispatch on the full request
-    # path, which only matches when it is served at its own root.
-    transport = httpx.ASGITransport(app=app)
-    return SandboxMode(state=state, app=app, settings=pointed, transport=transport)
+    return SandboxMode(state=state, app=create_sandbox(state), settings=pointed)
 
 
 def sandbox_hint(settings: Settings) -> list[str]:

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from fhir_gateway.errors import InvalidResource, WithingsError
+from fhir_gateway.errors import (
+    InvalidResource,
+    WithingsAuthError,
+    WithingsError,
+    WithingsInvalidGrant,
+)
 from fhir_gateway.fhir.validation import (
     VITALSIGNS_PROFILE,
     validate_resource,
@@ -26,6 +31,7 @@ from fhir_gateway.fhir.validation import (
 from fhir_gateway.ingest.cursors import STREAMS, CursorStore, Stream
 from fhir_gateway.ingest.subscriptions import Subscriptions
 from fhir_gateway.jobs.coalesce import SyncWindow
+from fhir_gateway.metrics import GatewayMetrics
 from fhir_gateway.store.base import (
     Cursor,
     DateClause,
@@ -63,6 +69,11 @@ DELETE_SCAN_PAGE = 500
 # The periodic reconciliation re-reads this much recent history to catch deletions whose
 # notification was lost (Withings never redelivers, §5.5).
 RECONCILE_DELETIONS_SECONDS = 30 * 86_400
+# `lastupdate` is asked one second before the cursor: Withings answers rows modified strictly
+# after it (§3.1) at one-second resolution, so a row modified in the very second of the newest
+# row a sweep saw, but after that sweep read its page, would never be returned again. The
+# overlap re-reads that second's rows; storing them again changes nothing.
+LASTUPDATE_OVERLAP_SECONDS = 1
 # Activity and sleep rows are keyed by the user's local day; a notification's epochs are UTC,
 # so the day range is widened by one day on each side to cover every timezone.
 DAY_SLACK = timedelta(days=1)
@@ -165,8 +176,10 @@ class SyncService:
         *,
         subscriptions: Subscriptions | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._client = client
         self._tokens = tokens
         self._vault = vault
@@ -215,6 +228,8 @@ class SyncService:
             await run.sweep(stream)
         for window in _distinct(windows):
             await run.window(window)
+        if self._metrics is not None and run.newest_modified is not None:
+            self._metrics.sync_lag.set(max(0.0, self._clock() - run.newest_modified))
         if report.skipped or report.unknown_types:
             # §3.4 and the issue: what was left out, and why, is logged per sync.
             log.info(
@@ -357,6 +372,9 @@ class _Run:
         self._access_token = access_token
         self._report = report
         self._progress = progress
+        # The newest `modified` among rows an incremental sweep found past an existing cursor:
+        # what the sync-lag gauge measures (a first backfill or a re-fetched window does not).
+        self.newest_modified: int | None = None
 
     def __repr__(self) -> str:  # the access token never reaches a repr
         return f"_Run(userid={self._userid!r})"
@@ -365,14 +383,17 @@ class _Run:
         """Incremental: everything modified after the cursor, page by page, cursor after."""
         cursors = self._service.cursors
         start = await cursors.start(self._userid, stream)
-        fetch = self._fetchers()[stream]
         offset, max_modified = start.offset, start.max_modified
+        lastupdate = max(0, start.lastupdate - LASTUPDATE_OVERLAP_SECONDS)
         for _ in range(MAX_PAGES):
-            batch = await fetch(
-                self._access_token, {"lastupdate": start.lastupdate, "offset": offset}
-            )
+            batch = await self._fetch(stream, {"lastupdate": lastupdate, "offset": offset})
             await self._store(batch)
-            max_modified = max([max_modified, *_modified(batch.rows)])
+            modified = _modified(batch.rows)
+            max_modified = max([max_modified, *modified])
+            # Past the cursor only: the overlap second re-reads rows already stored.
+            fresh = [value for value in modified if value > start.lastupdate]
+            if start.lastupdate and fresh:
+                self.newest_modified = max([self.newest_modified or 0, *fresh])
             if not batch.more:
                 await cursors.sweep_finished(self._userid, stream, start, max_modified)
                 return
@@ -406,17 +427,32 @@ class _Run:
 
     async def _pages(self, stream: Stream, span: dict[str, Any]) -> set[str]:
         """Fetch and store every page of a dated span; the ids it produced (stored or not)."""
-        fetch = self._fetchers()[stream]
         produced: set[str] = set()
         offset: int | None = None
         for _ in range(MAX_PAGES):
-            batch = await fetch(self._access_token, {**span, "offset": offset})
+            batch = await self._fetch(stream, {**span, "offset": offset})
             await self._store(batch)
             produced |= {resource["id"] for resource in batch.normalised.resources}
             if not batch.more:
                 return produced
             offset = _next_offset(stream, offset, batch)
         raise WithingsError(f"withings {stream} paging did not end after {MAX_PAGES} pages")
+
+    async def _fetch(self, stream: Stream, params: dict[str, Any]) -> _Batch:
+        """One page; a token refused before its expiry is refreshed and the call sent again."""
+        fetch = self._fetchers()[stream]
+        try:
+            return await fetch(self._access_token, params)
+        except WithingsAuthError as refused:
+            if isinstance(refused, WithingsInvalidGrant):
+                raise
+            # Revoked early, or superseded by a refresh elsewhere (§1.4): the expiry we stored
+            # says nothing then. Once only: a second refusal goes to the job's retry policy.
+            log.info("withings user %s: access token refused; refreshing", self._userid)
+            self._access_token = await self._service._tokens.access_token(
+                self._userid, rejected=self._access_token
+            )
+            return await fetch(self._access_token, params)
 
     async def _store(self, batch: _Batch) -> None:
         await self._service._store_batch(batch, self._report)

@@ -71,6 +71,9 @@ class MemoryBudget:
                 return
             await self._sleep(self._grants[0] + self.window - now)
 
+    async def aclose(self) -> None:
+        return None
+
 
 class RedisBudget:
     """The budget in one Redis sorted set, shared by every process of the application."""
@@ -82,12 +85,18 @@ class RedisBudget:
         window: float = DEFAULT_WINDOW_SECONDS,
         *,
         key: str = "fhir-gateway:withings-budget",
+        owns_connection: bool = False,
     ) -> None:
         self.limit = limit
         self.window = window
         self._redis = redis
         self._key = key
+        self._owns_connection = owns_connection
         self._script = redis.register_script(_SLIDING_WINDOW)
+
+    async def aclose(self) -> None:
+        if self._owns_connection:
+            await self._redis.aclose()
 
     async def acquire(self) -> None:
         await self.acquire_slot()
@@ -105,8 +114,12 @@ class RedisBudget:
             await asyncio.sleep(int(value) / 1_000_000 + random.random() * 0.01)
 
 
-def make_budget(settings: Settings, redis: Redis | None) -> RequestBudget:
-    """Shared through Redis when there is one, else per process."""
-    if redis is None:
-        return MemoryBudget(settings.withings_requests_per_minute)
-    return RedisBudget(redis, settings.withings_requests_per_minute)
+def make_budget(settings: Settings, redis: Redis | None = None) -> MemoryBudget | RedisBudget:
+    """Shared through Redis when there is one (`redis`, else its own connection to REDIS_URL,
+    closed by `aclose`), else per process."""
+    limit = settings.withings_requests_per_minute
+    if redis is not None:
+        return RedisBudget(redis, limit)
+    if settings.redis_url is not None:
+        return RedisBudget(Redis.from_url(settings.redis_url), limit, owns_connection=True)
+    return MemoryBudget(limit)

@@ -85,6 +85,21 @@ def merge_windows(existing: Sequence[SyncWindow], new: SyncWindow | None) -> tup
     return tuple(result)
 
 
+def covers(windows: Sequence[SyncWindow], window: SyncWindow) -> bool:
+    """True if a sync that served `windows` re-fetched `window` too: an undated window is the
+    incremental sweep every sync runs; a dated one must lie inside a served window of its appli."""
+    if window.startdate is None or window.enddate is None:
+        return True
+    return any(
+        served.appli == window.appli
+        and served.startdate is not None
+        and served.enddate is not None
+        and served.startdate <= window.startdate
+        and window.enddate <= served.enddate
+        for served in windows
+    )
+
+
 # ---------------------------------------------------------------- the state machine (pure)
 
 

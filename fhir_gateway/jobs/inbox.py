@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from fhir_gateway.errors import GatewayError, VersionConflict
-from fhir_gateway.jobs.coalesce import SyncWindow
+from fhir_gateway.jobs.coalesce import SyncWindow, covers
+from fhir_gateway.jobs.replay import ReplayGuard
 from fhir_gateway.metrics import GatewayMetrics
 from fhir_gateway.store.base import Record, Store
 
@@ -110,18 +111,35 @@ async def mark_enqueued(
     return True
 
 
-async def complete_user_inbox(store: Store, userid: str, claimed_at: float) -> float | None:
-    """Remove the user's records received up to `claimed_at` (the sync served them).
+async def complete_user_inbox(
+    store: Store,
+    userid: str,
+    claimed_at: float,
+    served: Sequence[SyncWindow] | None = None,
+) -> float | None:
+    """Remove the user's records received up to `claimed_at` that the sync served: whose
+    window lies in `served` (None: all of them, e.g. the user must reconnect anyway).
 
-    Returns the oldest removed `received_at`, for the sync-lag metric. Records received later
-    stay: the coalescer's follow-up sync serves them.
+    Returns the oldest removed `received_at`, for the lag metric. Records received later stay:
+    the coalescer's follow-up sync serves them. So do records whose window the sync did not
+    re-fetch: their window was lost with a Redis restart (the coalescer's state), and only a
+    re-fetch of it can see a deletion (withings-api §8.6); the sweeper asks for it again.
     """
     oldest: float | None = None
     for record in await store.list_records(INBOX_KIND, where={"userid": userid}):
         received_at = float(record.data.get("received_at", 0.0))
-        if received_at <= claimed_at and await store.delete_record(INBOX_KIND, record.key):
+        if received_at > claimed_at:
+            continue
+        if served is not None and not covers(served, Notification.from_record(record).window()):
+            continue
+        if await store.delete_record(INBOX_KIND, record.key):
             oldest = received_at if oldest is None else min(oldest, received_at)
     return oldest
+
+
+async def pending_count(store: Store, limit: int = _SWEEP_LIMIT) -> int:
+    """Notifications recorded but not yet handed to the queue (capped at `limit`)."""
+    return len(await store.list_records(INBOX_KIND, where={"status": PENDING}, limit=limit))
 
 
 class NotificationIntake:
@@ -133,20 +151,27 @@ class NotificationIntake:
         store: Store,
         request_sync: RequestSync,
         *,
+        replays: ReplayGuard | None = None,
         enqueue_timeout: float = 1.0,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._request_sync = request_sync
+        self._replays = replays
         self._enqueue_timeout = enqueue_timeout
         self._now = now
 
     async def __call__(self, notification: Notification) -> str:
-        """Returns the outcome: "enqueued", or "inbox_only" when the queue was unreachable.
+        """Returns the outcome: "enqueued", "inbox_only" when the queue was unreachable, or
+        "replay" for a copy of a notification handled within the replay window.
 
         Raises StoreError when the inbox write fails: the webhook then answers 5xx so that
         Withings retries (its schedule spans ~5 h, withings-api §5.5).
         """
+        if self._replays is not None and not await self._replays.first_seen(
+            notification.inbox_key()
+        ):
+            return "replay"
         record = await record_notification(self._store, notification, now=self._now)
         try:
             async with asyncio.timeout(self._enqueue_timeout):

@@ -223,14 +223,16 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
     coalescer: Coalescer = ctx["coalescer"]
     metrics: GatewayMetrics = ctx["metrics"]
     tuning: JobTuning = ctx["tuning"]
-    # Taken before the claim: inbox records received up to here were written before any
-    # window this sync can claim, so removing them on success never drops a later one.
-    claimed_at = time.time()
     windows = await coalescer.start(userid)
     if windows is None:
         # Another live sync holds the user; start() marked it dirty so that one follows up.
         metrics.job(job, "busy")
         return
+    # Taken after the claim, before any fetch: an inbox record received up to here announces
+    # data that exists before this sync reads Withings, so if its window is one the sync
+    # re-fetches (inbox.complete_user_inbox), the sync serves it. Records whose window was
+    # requested after the claim are not covered and stay for the follow-up sync.
+    claimed_at = time.time()
     try:
         async with _keep_lease(coalescer, userid, tuning.lease_refresh):
             async with asyncio.timeout(tuning.sync_timeout):
@@ -261,9 +263,9 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
         await _give_up(ctx, job, userid, exc, "failed")
         return
     follow_up = await coalescer.finish(userid, ok=True)
-    oldest = await complete_user_inbox(ctx["store"], userid, claimed_at)
+    oldest = await complete_user_inbox(ctx["store"], userid, claimed_at, windows)
     if oldest is not None:
-        metrics.sync_lag.set(max(0.0, time.time() - oldest))
+        metrics.notification_lag.set(max(0.0, time.time() - oldest))
     metrics.job(job, "ok")
     if follow_up:
         try:

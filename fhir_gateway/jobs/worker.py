@@ -22,7 +22,15 @@ from fhir_gateway.config import Settings
 from fhir_gateway.errors import ConfigError, GatewayError
 from fhir_gateway.jobs.coalesce import MemoryCoalescer, RedisCoalescer, SyncWindow, Timing
 from fhir_gateway.jobs.inbox import NotificationIntake
-from fhir_gateway.jobs.queue import ArqQueue, InProcessQueue, JobContext, dump_job, load_job
+from fhir_gateway.jobs.queue import (
+    ArqQueue,
+    InProcessQueue,
+    JobContext,
+    QueueUnavailable,
+    dump_job,
+    load_job,
+)
+from fhir_gateway.jobs.replay import MemoryReplayGuard, RedisReplayGuard
 from fhir_gateway.jobs.tasks import (
     JobTuning,
     UserSync,
@@ -184,17 +192,34 @@ def worker_settings(
     }
 
 
-def run_worker(settings: Settings, services_factory: ServicesFactory | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    services_factory: ServicesFactory | None = None,
+    *,
+    metrics: GatewayMetrics | None = None,
+) -> None:
     """`fhir-gateway worker`: run an arq worker until SIGINT/SIGTERM.
 
-    The services default to `services.open_services`, the same wiring as the web process.
+    The services default to `services.open_services(worker=True)`: the web process's wiring,
+    minus the in-process job runtime (this process is where the jobs run).
     """
+    if settings.redis_url is None:
+        raise ConfigError(["REDIS_URL is required to run a worker"])
+    worker_metrics = metrics or GatewayMetrics()
     if services_factory is None:
-        # Imported here: services.py builds the job runtime from this module.
-        from fhir_gateway.services import open_services
+        services_factory = worker_services_factory(worker_metrics)
+    arq_run_worker(worker_settings(settings, services_factory, metrics=worker_metrics))
 
-        services_factory = open_services
-    arq_run_worker(worker_settings(settings, services_factory))
+
+def worker_services_factory(metrics: GatewayMetrics) -> ServicesFactory:
+    """`open_services` as a worker process needs it, counting into the worker's metrics."""
+    # Imported here: services.py builds the job runtime from this module.
+    from fhir_gateway.services import open_services
+
+    def factory(settings: Settings) -> AbstractAsyncContextManager[WorkerServices]:
+        return open_services(settings, worker=True, metrics=metrics)
+
+    return factory
 
 
 # ---------------------------------------------------------------- the web process side
@@ -206,6 +231,10 @@ class JobRuntime(Protocol):
     metrics: GatewayMetrics
 
     def intake(self) -> NotificationIntake: ...
+
+    async def ping(self) -> None:
+        """Raise QueueUnavailable when the queue (Redis) cannot be reached (readiness)."""
+        ...
 
     async def request_sync(self, userid: str, window: SyncWindow | None) -> bool: ...
 
@@ -226,13 +255,20 @@ class RedisJobClient:
         self.queue = ArqQueue.from_url(settings.redis_url)
         self.redis: ArqRedis = self.queue.redis
         self.coalescer = RedisCoalescer(self.redis, timing=coalescer_timing(tuning_for(settings)))
+        self.replays = RedisReplayGuard(self.redis)
         self._store = store
 
     def intake(self) -> NotificationIntake:
-        return NotificationIntake(self._store, self.request_sync)
+        return NotificationIntake(self._store, self.request_sync, replays=self.replays)
 
     async def request_sync(self, userid: str, window: SyncWindow | None) -> bool:
         return await request_user_sync(self.coalescer, self.queue, userid, window)
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
 
     async def start(self) -> None:
         return None
@@ -270,15 +306,19 @@ class InProcessRunner:
                 tuning=self.tuning,
             )
         )
+        self.replays = MemoryReplayGuard()
         self._store = store
         self._sweep_every = sweep_every
         self._loops: list[asyncio.Task[None]] = []
 
     def intake(self) -> NotificationIntake:
-        return NotificationIntake(self._store, self.request_sync)
+        return NotificationIntake(self._store, self.request_sync, replays=self.replays)
 
     async def request_sync(self, userid: str, window: SyncWindow | None) -> bool:
         return await request_user_sync(self.coalescer, self.queue, userid, window)
+
+    async def ping(self) -> None:
+        return None  # the queue is this process
 
     async def start(self) -> None:
         self._loops = [
@@ -317,9 +357,18 @@ class InProcessRunner:
 
 
 def make_job_runtime(
-    settings: Settings, store: Store, sync: UserSync, *, metrics: GatewayMetrics | None = None
+    settings: Settings,
+    store: Store,
+    sync: UserSync,
+    *,
+    metrics: GatewayMetrics | None = None,
+    worker: bool = False,
 ) -> JobRuntime:
-    """Redis-backed when REDIS_URL is set (workers run the jobs), else in this process."""
-    if settings.redis_url is not None:
+    """Redis-backed when REDIS_URL is set (workers run the jobs), else in this process.
+
+    `worker`: for an arq worker process, which only ever enqueues through Redis (a backfill,
+    a follow-up) and must never run a second, in-process copy of the jobs and loops.
+    """
+    if settings.redis_url is not None or worker:
         return RedisJobClient(settings, store, metrics=metrics)
     return InProcessRunner(store, sync, metrics=metrics, tuning=tuning_for(settings))

@@ -67,6 +67,9 @@ class RetryPolicy:
 
 
 Form = Mapping[str, str | int | None]
+# Told of every request's outcome: (action, envelope status | "transport" | "http_<code>" |
+# "malformed"), e.g. for the Prometheus counter of Withings calls.
+OnCall = Callable[[str, int | str], None]
 
 
 class WithingsClient:
@@ -83,8 +86,10 @@ class WithingsClient:
         random: Callable[[], float] = random_module.random,
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
+        on_call: OnCall | None = None,
     ) -> None:
         self._http = http
+        self._on_call = on_call
         self._client_id = client_id
         self._client_secret = client_secret
         self._budget = budget
@@ -300,24 +305,29 @@ class WithingsClient:
         except httpx.TransportError as error:
             # The exception text of httpx never holds the form, but keep only the class name.
             logger.warning("withings POST %s %s: %s", path, action, type(error).__name__)
+            self._report(action, "transport")
             raise WithingsTransient(f"Withings {action} failed: {type(error).__name__}") from error
         elapsed_ms = (time.monotonic() - started) * 1000
         if response.status_code != 200:
             # Withings answers HTTP 200 even for errors (§2.1): anything else is the edge failing.
             logger.warning("withings POST %s %s: HTTP %d", path, action, response.status_code)
+            self._report(action, f"http_{response.status_code}")
             raise WithingsTransient(f"Withings {action} failed: HTTP {response.status_code}")
         try:
             envelope = response.json()
         except ValueError as error:
             logger.warning("withings POST %s %s: non-JSON answer", path, action)
+            self._report(action, "malformed")
             raise WithingsTransient(f"Withings {action} answered non-JSON") from error
         status = envelope.get("status") if isinstance(envelope, dict) else None
         if not isinstance(status, int) or isinstance(status, bool):
             logger.warning("withings POST %s %s: envelope without status", path, action)
+            self._report(action, "malformed")
             raise WithingsTransient(f"Withings {action} answered without a status")
         raw_body = envelope.get("body")
         body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
         logger.info("withings POST %s %s status=%d in %.0f ms", path, action, status, elapsed_ms)
+        self._report(action, status)
         if status != 0:
             error_text = envelope.get("error")
             raise exception_for(
@@ -328,6 +338,10 @@ class WithingsClient:
                 token_request=token_request,
             )
         return body
+
+    def _report(self, action: str, status: int | str) -> None:
+        if self._on_call is not None:
+            self._on_call(action, status)
 
 
 def _series_page(body: dict[str, Any], rows_key: str) -> SeriesPage:
@@ -343,6 +357,7 @@ def make_withings_client(
     transport: httpx.AsyncBaseTransport | None = None,
     *,
     budget: RequestBudget | None = None,
+    on_call: OnCall | None = None,
 ) -> WithingsClient:
     """The production client: settings' base URL and credentials, an optional shared budget."""
     http = httpx.AsyncClient(base_url=settings.withings_api_url, transport=transport, timeout=10)
@@ -351,4 +366,5 @@ def make_withings_client(
         client_id=settings.withings_client_id,
         client_secret=settings.withings_client_secret,
         budget=budget,
+        on_call=on_call,
     )

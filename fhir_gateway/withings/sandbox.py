@@ -242,6 +242,17 @@ async def _params(request: Request) -> dict[str, str]:
     return params
 
 
+def _mount_relative_path(request: Request) -> str:
+    """The path below where the simulator is mounted: "/measure" both when it is served at its
+    own root and mounted at /sandbox/withings (Starlette keeps the full path and puts the mount
+    point in root_path)."""
+    path: str = request.scope["path"]
+    root_path: str = request.scope.get("root_path", "")
+    if root_path and path.startswith(root_path + "/"):
+        return path[len(root_path) :]
+    return path
+
+
 def _not_implemented() -> Response:
     # The real API's answer to other methods/actions is unknown; 2554 is "not implemented".
     return envelope(2554, {}, "Not implemented")
@@ -263,7 +274,7 @@ def _api_endpoint(state: SandboxState) -> Callable[[Request], Awaitable[Response
         params = await _params(request)
         action = params.get("action", "")
         state.calls[action] += 1
-        path = request.url.path
+        path = _mount_relative_path(request)
         if path == "/v2/oauth2":
             if action != "requesttoken":
                 return _not_implemented()
@@ -295,13 +306,15 @@ def _api_endpoint(state: SandboxState) -> Callable[[Request], Awaitable[Response
 
 # -- the consent page ---------------------------------------------------------------------------
 
+# The form posts to "authorize2", relative to the page's own URL, so the consent works both at
+# the simulator's root and mounted under the gateway (/sandbox/withings/oauth2_user/authorize2).
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Withings sandbox: authorize</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem}}
 label{{display:block;margin:.3rem 0}}button{{margin:.8rem .5rem 0 0;padding:.4rem 1rem}}</style>
 </head><body><h1>Withings sandbox</h1>
 <p><strong>{client}</strong> asks for <code>{scope}</code>.</p>
-<form method="post" action="/oauth2_user/authorize2">{hidden}
+<form method="post" action="authorize2">{hidden}
 <fieldset><legend>Sign in as</legend>{users}
 <label><input type="radio" name="userid" value="new"{new_checked}> create a demo user</label>
 </fieldset>

@@ -386,6 +386,12 @@ class SandboxState:
             raise SandboxError(214, "Unauthorized: this token lacks the scope " + scope)
         return record.client_id, record.userid
 
+    def revoke_access_tokens(self, userid: str) -> None:
+        """Access tokens die before their expiry; refresh tokens still work (a 401, then a
+        successful refresh: what a client sees when Withings invalidates a token early)."""
+        for token in [t for t, rec in self._access_tokens.items() if rec.userid == userid]:
+            del self._access_tokens[token]
+
     def revoke_user_tokens(self, userid: str) -> None:
         """What `oauth2 action=revoke` does: tokens die and notifications stop (§1.4)."""
         for tokens in (self._access_tokens, self._refresh_tokens):

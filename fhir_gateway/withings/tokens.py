@@ -72,18 +72,23 @@ class TokenManager:
     def __repr__(self) -> str:
         return f"TokenManager(refresh_margin={self._refresh_margin})"
 
-    async def access_token(self, userid: str) -> str:
-        """A token valid for at least `refresh_margin` seconds; NeedsReauth if none can be had."""
+    async def access_token(self, userid: str, *, rejected: str | None = None) -> str:
+        """A token valid for at least `refresh_margin` seconds; NeedsReauth if none can be had.
+
+        `rejected`: the token a Withings call just refused (401, WithingsAuthError) although
+        it had not expired, e.g. revoked early. It is refreshed whatever its expiry, unless the
+        stored token already differs: then someone refreshed meanwhile and theirs is handed out.
+        """
         stored = _usable(userid, await self._vault.load(userid))
-        if self._fresh(stored):
+        if self._still_good(stored, rejected):
             return stored.tokens.access_token
         try:
             async with self._locks.lock(f"withings-refresh:{userid}", timeout=self._lock_timeout):
-                return await self._refresh_under_lock(userid)
+                return await self._refresh_under_lock(userid, rejected)
         except LockUnavailable:
             # The holder may have finished just as our wait ran out: its result is as good.
             stored = _usable(userid, await self._vault.load(userid))
-            if self._fresh(stored):
+            if self._still_good(stored, rejected):
                 return stored.tokens.access_token
             raise
 
@@ -95,11 +100,11 @@ class TokenManager:
         log.info("stored withings tokens of a new consent for user %s", tokens.userid)
         return version
 
-    async def _refresh_under_lock(self, userid: str) -> str:
+    async def _refresh_under_lock(self, userid: str, rejected: str | None) -> str:
         for _ in range(MAX_ATTEMPTS):
             # Re-read after acquiring: the previous holder has probably refreshed already.
             stored = _usable(userid, await self._vault.load(userid))
-            if self._fresh(stored):
+            if self._still_good(stored, rejected):
                 return stored.tokens.access_token
             try:
                 rotated = await self._endpoint.refresh(stored.tokens.refresh_token)
@@ -127,6 +132,10 @@ class TokenManager:
 
     def _fresh(self, stored: StoredTokens) -> bool:
         return stored.tokens.expires_at - self._refresh_margin > self._clock()
+
+    def _still_good(self, stored: StoredTokens, rejected: str | None) -> bool:
+        """Fresh, and not the token Withings just refused."""
+        return self._fresh(stored) and stored.tokens.access_token != rejected
 
 
 def _usable(userid: str, stored: StoredTokens | None) -> StoredTokens:

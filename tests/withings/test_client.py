@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -613,3 +614,44 @@ async def test_no_secret_reaches_logs_or_exception_text(
     texts += [repr(e) for e in errors]
     for secret in (CLIENT_SECRET, code, tokens.access_token, tokens.refresh_token):
         assert all(secret not in text for text in texts)
+
+
+# -- the per-call hook (metrics) -----------------------------------------------------------
+
+
+async def test_every_request_reports_its_action_and_outcome_to_on_call() -> None:
+    harness = Harness()
+    seen: list[tuple[str, int | str]] = []
+    broken = [httpx.Response(502, text="bad gateway"), httpx.Response(200, text="<html>")]
+
+    async def edge(request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        if form.get("action") == "getdevice" and broken:  # a broken proxy, twice
+            return broken.pop(0)
+        return await harness.sandbox_transport.handle_async_request(request)
+
+    failing = FailFirstTransport(httpx.MockTransport(edge), httpx.ConnectError("refused"))
+    client = WithingsClient(
+        httpx.AsyncClient(transport=failing, base_url="http://sandbox.test"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        sleep=lambda seconds: asyncio.sleep(0),
+        on_call=lambda action, status: seen.append((action, status)),
+    )
+    code = harness.state.authorize(CLIENT_ID, REDIRECT_URI, ALL_SCOPES)
+    with pytest.raises(WithingsTransient):
+        await client.exchange_code(code, REDIRECT_URI)  # never retried: codes are single-use
+    tokens = await client.exchange_code(code, REDIRECT_URI)
+    harness.state.fail_next("getmeas", 601, wait_seconds=2)
+    await client.get_measures(tokens.access_token)
+    await client.get_devices(tokens.access_token)
+    await client.aclose()
+    assert seen == [
+        ("requesttoken", "transport"),
+        ("requesttoken", 0),
+        ("getmeas", 601),
+        ("getmeas", 0),
+        ("getdevice", "http_502"),
+        ("getdevice", "malformed"),
+        ("getdevice", 0),
+    ]

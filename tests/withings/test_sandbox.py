@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from fhir_gateway.withings.sandbox import create_sandbox
 from fhir_gateway.withings.sandbox_state import GRPID_STRIDE, INVALID_TOKEN_TEXT, SandboxState
@@ -201,9 +204,54 @@ async def test_consent_page_lists_users_and_offers_a_demo_user(sandbox: Sandbox)
     userid = sandbox.state.add_user(seed=False)
     response = await sandbox.http.get("/oauth2_user/authorize2", params=_authorize_query())
     assert response.status_code == 200
-    assert 'action="/oauth2_user/authorize2"' in response.text
+    assert _form_target(response) == "http://sandbox.test/oauth2_user/authorize2"
     assert f'value="{userid}"' in response.text
     assert 'value="new"' in response.text
+
+
+def _form_target(page: httpx.Response) -> str:
+    """Where a browser sends the consent form: its action resolved against the page URL."""
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert action is not None
+    return urljoin(str(page.url), action.group(1))
+
+
+async def test_mounted_under_a_prefix_the_consent_and_the_api_work_on_the_mounted_paths() -> None:
+    state = SandboxState(clock=FakeClock())
+    redirect_uri = "http://host.test/auth/withings/callback"
+    state.register_client(CLIENT_ID, CLIENT_SECRET, [redirect_uri])
+    userid = state.add_user(seed=False)
+    state.add_measure_group(
+        userid, {"date": int(START), "measures": [{"value": 70_000, "type": 1, "unit": -3}]}
+    )
+    host = Starlette(routes=[Mount("/sandbox/withings", app=create_sandbox(state))])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=host), base_url="http://host.test"
+    ) as browser:
+        query = _authorize_query(redirect_uri=redirect_uri, scope="user.metrics")
+        page = await browser.get("/sandbox/withings/oauth2_user/authorize2", params=query)
+        assert page.status_code == 200
+        target = _form_target(page)
+        assert target == "http://host.test/sandbox/withings/oauth2_user/authorize2"
+        approved = await browser.post(target, data={**query, "userid": userid})
+        assert approved.status_code == 302
+        code = parse_qs(urlsplit(approved.headers["location"]).query)["code"][0]
+
+        form = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "code": code}
+        tokens = await browser.post(
+            "/sandbox/withings/v2/oauth2",
+            data={**form, "action": "requesttoken", "grant_type": "authorization_code",
+                  "redirect_uri": redirect_uri},
+        )  # fmt: skip
+        assert tokens.json()["status"] == 0
+        access_token = tokens.json()["body"]["access_token"]
+        measures = await browser.post(
+            "/sandbox/withings/measure",
+            data={"action": "getmeas"},
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+    assert measures.json()["status"] == 0
+    assert [g["measures"][0]["value"] for g in measures.json()["body"]["measuregrps"]] == [70_000]
 
 
 @pytest.mark.parametrize(

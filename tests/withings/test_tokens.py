@@ -524,3 +524,43 @@ async def _run_schedule(schedule: list[Step]) -> None:
         stored = await vault.load(USER)
         assert stored is not None
         assert endpoint.refusal(stored.tokens.refresh_token) in (None, "grace expired")
+
+
+# ------------------------------------------------------------------ revoked before expiry
+
+
+async def test_a_rejected_unexpired_token_is_refreshed_once_for_all_callers(
+    manager: TokenManager, vault: TokenVault, endpoint: FakeTokenEndpoint
+) -> None:
+    first = await connect(vault, endpoint)
+    assert await manager.access_token(USER) == first.access_token  # not expired: no refresh
+    endpoint.latency = 0.01
+    # Twenty calls were refused with the same token at about the same time.
+    tokens = await asyncio.gather(
+        *(manager.access_token(USER, rejected=first.access_token) for _ in range(20))
+    )
+    assert len(endpoint.refresh_calls) == 1 and endpoint.refresh_calls[0] == first.refresh_token
+    assert len(set(tokens)) == 1 and tokens[0] != first.access_token
+    stored = await vault.load(USER)
+    assert stored is not None and stored.tokens.access_token == tokens[0]
+
+
+async def test_a_rejection_of_an_already_replaced_token_hands_out_the_new_one(
+    manager: TokenManager, vault: TokenVault, endpoint: FakeTokenEndpoint, clock: ManualClock
+) -> None:
+    first = await connect(vault, endpoint)
+    clock.advance(ACCESS_LIFETIME + 1)
+    second = await manager.access_token(USER)  # someone refreshed meanwhile
+    assert await manager.access_token(USER, rejected=first.access_token) == second
+    assert len(endpoint.refresh_calls) == 1
+
+
+async def test_a_rejected_token_whose_refresh_is_refused_flags_reauth(
+    manager: TokenManager, vault: TokenVault, endpoint: FakeTokenEndpoint
+) -> None:
+    first = await connect(vault, endpoint)
+    endpoint.fail_with = WithingsInvalidGrant("invalid_grant")
+    with pytest.raises(NeedsReauth, match="invalid_grant"):
+        await manager.access_token(USER, rejected=first.access_token)
+    stored = await vault.load(USER)
+    assert stored is not None and stored.status == "needs_reauth"
