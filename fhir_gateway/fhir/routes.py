@@ -129,7 +129,8 @@ class FhirApi:
             raise NotFound(f"resource type {resource_type!r} is not served here")
         return resource_type
 
-    async def read(self, request: Request) -> Response:
+    async def _instance(self, request: Request) -> tuple[str, str, str, StoredResource]:
+        """Negotiate, authorise and load the current version of `{type}/{id}` for the caller."""
         media_type = negotiate(request)
         resource_type = self._resource_type(request)
         context = await self.access(request)
@@ -137,44 +138,37 @@ class FhirApi:
         id_ = request.path_params["id"]
         label = f"{resource_type}/{id_}"
         stored = await self._visible(context, await self.store.read(resource_type, id_), label)
-        if stored.deleted:
-            raise Gone(f"{label} was deleted")
+        return media_type, resource_type, label, stored
+
+    @staticmethod
+    def _version_response(request: Request, stored: StoredResource, media_type: str) -> Response:
         headers = version_headers(stored)
         if not_modified(request, stored):
             return Response(status_code=304, headers=headers)
         return fhir_response(stored.json, media_type=media_type, headers=headers)
 
+    async def read(self, request: Request) -> Response:
+        media_type, _, label, stored = await self._instance(request)
+        if stored.deleted:
+            raise Gone(f"{label} was deleted")
+        return self._version_response(request, stored, media_type)
+
     async def vread(self, request: Request) -> Response:
-        media_type = negotiate(request)
-        resource_type = self._resource_type(request)
-        context = await self.access(request)
-        context.require_read(resource_type)
-        id_ = request.path_params["id"]
+        media_type, resource_type, label, current = await self._instance(request)
         try:
             version_id = int(request.path_params["vid"])
         except ValueError:
             raise NotFound(f"version {request.path_params['vid']!r} is not known") from None
-        label = f"{resource_type}/{id_}/_history/{version_id}"
-        await self._visible(context, await self.store.read(resource_type, id_), label)
-        stored = await self.store.vread(resource_type, id_, version_id)
+        stored = await self.store.vread(resource_type, current.id, version_id)
         if stored is None:
-            raise NotFound(f"{label} is not known")
+            raise NotFound(f"{label}/_history/{version_id} is not known")
         if stored.deleted:
-            raise Gone(f"{label} is a deletion")
-        headers = version_headers(stored)
-        if not_modified(request, stored):
-            return Response(status_code=304, headers=headers)
-        return fhir_response(stored.json, media_type=media_type, headers=headers)
+            raise Gone(f"{label}/_history/{version_id} is a deletion")
+        return self._version_response(request, stored, media_type)
 
     async def instance_history(self, request: Request) -> Response:
-        media_type = negotiate(request)
-        resource_type = self._resource_type(request)
-        context = await self.access(request)
-        context.require_read(resource_type)
-        id_ = request.path_params["id"]
-        label = f"{resource_type}/{id_}"
-        await self._visible(context, await self.store.read(resource_type, id_), label)
-        versions = await self.store.history(resource_type, id_)
+        media_type, resource_type, label, current = await self._instance(request)
+        versions = await self.store.history(resource_type, current.id)
         body = bundle.history(
             base_url=self.base_url,
             self_url=f"{self.base_url}/{label}/_history",
