@@ -184,15 +184,14 @@ class WithingsClient:
         offset: int | None = None,
     ) -> SeriesPage:
         """One page of daily activity rows (`date` is the user's local day)."""
-        form: Form = {
-            "lastupdate": lastupdate,
-            "startdateymd": startdateymd,
-            "enddateymd": enddateymd,
-            "offset": offset,
-            "data_fields": ",".join(ACTIVITY_FIELDS),
-        }
-        body = await self._data_call("/v2/measure", "getactivity", access_token, form)
-        return _series_page(body, "activities")
+        window = {"lastupdate": lastupdate, "startdateymd": startdateymd, "enddateymd": enddateymd}
+        return await self._series(
+            ("/v2/measure", "getactivity", "activities"),
+            ACTIVITY_FIELDS,
+            access_token,
+            window,
+            offset,
+        )
 
     async def get_sleep_summary(
         self,
@@ -204,15 +203,28 @@ class WithingsClient:
         offset: int | None = None,
     ) -> SeriesPage:
         """One page of nightly sleep summaries."""
-        form: Form = {
-            "lastupdate": lastupdate,
-            "startdateymd": startdateymd,
-            "enddateymd": enddateymd,
-            "offset": offset,
-            "data_fields": ",".join(SLEEP_SUMMARY_FIELDS),
-        }
-        body = await self._data_call("/v2/sleep", "getsummary", access_token, form)
-        return _series_page(body, "series")
+        window = {"lastupdate": lastupdate, "startdateymd": startdateymd, "enddateymd": enddateymd}
+        return await self._series(
+            ("/v2/sleep", "getsummary", "series"),
+            SLEEP_SUMMARY_FIELDS,
+            access_token,
+            window,
+            offset,
+        )
+
+    async def _series(
+        self,
+        endpoint: tuple[str, str, str],
+        fields: Sequence[str],
+        access_token: str,
+        window: dict[str, int | str | None],
+        offset: int | None,
+    ) -> SeriesPage:
+        """getactivity and getsummary share their paging and window parameters (§4.1, §4.5)."""
+        path, action, rows_key = endpoint
+        form: Form = {**window, "offset": offset, "data_fields": ",".join(fields)}
+        body = await self._data_call(path, action, access_token, form)
+        return _series_page(body, rows_key)
 
     async def get_devices(self, access_token: str) -> list[dict[str, Any]]:
         body = await self._data_call("/v2/user", "getdevice", access_token, {})
