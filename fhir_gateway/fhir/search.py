@@ -19,39 +19,28 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from decimal import Decimal
-from functools import lru_cache
 from typing import Literal, TypeAlias, TypeVar
 
 import orjson
 
 from fhir_gateway.errors import InvalidSearch, UnknownSearchParameter
-from fhir_gateway.fhir.dates import PREFIXES, implied_range, prefix_bounds, split_prefix
 from fhir_gateway.fhir.registry import (
     LASTN_MAX_LIMIT,
     ResourceSearch,
-    SearchParameter,
     resource_search,
 )
+from fhir_gateway.fhir.search_values import checked_id, clause, invalid, reads_clock, show
 from fhir_gateway.store.base import (
     OPEN_END,
     OPEN_START,
     Clause,
-    ComponentClause,
-    ComponentMatch,
     Cursor,
-    DateClause,
     IdClause,
-    NumberBounds,
-    QuantityClause,
-    QuantityMatch,
     Query,
-    RangeBounds,
     ReferenceClause,
     Sort,
     SortField,
     TokenClause,
-    TokenMatch,
 )
 
 Total: TypeAlias = Literal["none", "estimate", "accurate"]
@@ -103,180 +92,6 @@ class ParsedLastN:
 
 
 Parsed = TypeVar("Parsed", ParsedSearch, ParsedLastN)
-
-
-def _show(text: str) -> str:
-    """A client-supplied text quoted for a message, cut short so messages stay readable."""
-    return repr(text if len(text) <= 80 else text[:77] + "...")
-
-
-def _invalid(name: str, value: str, why: str) -> InvalidSearch:
-    return InvalidSearch(f"invalid value {_show(value)} for search parameter {_show(name)}: {why}")
-
-
-# ---------------------------------------------------------------- escaping (§3.1.1.6)
-
-
-def _split_escaped(text: str, separator: str) -> list[str]:
-    """Split on `separator` where it is not escaped by a backslash; escapes are kept."""
-    if "\\" not in text:
-        return text.split(separator)  # the common case, and the hot path of every search
-    pieces: list[str] = []
-    current: list[str] = []
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and index + 1 < len(text):
-            current.append(text[index : index + 2])
-            index += 2
-            continue
-        if char == separator:
-            pieces.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        index += 1
-    pieces.append("".join(current))
-    return pieces
-
-
-def _unescape(text: str) -> str:
-    return _UNESCAPE.sub(r"\1", text) if "\\" in text else text
-
-
-# ---------------------------------------------------------------- values by parameter type
-
-
-def _token(name: str, value: str, text: str) -> TokenMatch:
-    """'code', 'system|code', '|code' (no system) or 'system|' (any code in the system)."""
-    parts = [_unescape(part) for part in _split_escaped(text, "|")]
-    if len(parts) == 1 and parts[0]:
-        return TokenMatch(system=None, code=parts[0])
-    if len(parts) == 2 and (parts[0] or parts[1]):
-        return TokenMatch(system=parts[0], code=parts[1] or None)
-    raise _invalid(name, value, "expected code, system|code, |code or system|")
-
-
-def _tokens(name: str, value: str) -> tuple[TokenMatch, ...]:
-    return tuple(_token(name, value, item) for item in _split_escaped(value, ","))
-
-
-def _checked_id(name: str, value: str, text: str) -> str:
-    if _ID.fullmatch(text) is None:
-        raise _invalid(name, value, f"{_show(text)} is not a FHIR id")
-    return text
-
-
-def _reference_ids(param: SearchParameter, modifier: str, value: str) -> tuple[str, ...]:
-    """'123', 'Patient/123', 'https://host/fhir/Patient/123', or '123' with `:Patient`."""
-    ids: list[str] = []
-    for item in _split_escaped(value, ","):
-        head, slash, text = _HISTORY_SUFFIX.sub("", _unescape(item)).rpartition("/")
-        if slash:
-            # 'Type/id' or a URL ending so: the segment before the id names the type.
-            type_ = head.rpartition("/")[2]
-            if _RESOURCE_TYPE.fullmatch(type_) is None:
-                raise _invalid(param.name, value, "expected id, Type/id or a URL ending so")
-            if type_ not in param.targets or modifier not in ("", type_):
-                raise _invalid(
-                    param.name, value, f"only references to {'/'.join(param.targets)} are held"
-                )
-        ids.append(_checked_id(param.name, value, text))
-    return tuple(ids)
-
-
-# A date's implied range depends on its text alone; clients repeat the same few dates.
-_implied_range = lru_cache(maxsize=1024)(implied_range)
-
-
-def _dates(param: SearchParameter, value: str, now: datetime) -> tuple[RangeBounds, ...]:
-    alternatives: list[RangeBounds] = []
-    for item in value.split(","):
-        prefix, text = split_prefix(item)
-        try:
-            search_range = _implied_range(text)
-        except ValueError:
-            raise _invalid(param.name, value, f"{_show(item)} is not a FHIR date") from None
-        alternatives.extend(prefix_bounds(prefix, search_range, now))
-    return tuple(alternatives)
-
-
-def _reads_clock(param: SearchParameter, value: str) -> bool:
-    """Whether the clause for `value` depends on `now`: only the `ap` date prefix does."""
-    return param.field in ("date", "lastUpdated") and any(
-        split_prefix(item)[0] == "ap" for item in value.split(",")
-    )
-
-
-def _number_bounds(name: str, value: str, text: str) -> tuple[NumberBounds, ...]:
-    """'[prefix]number' → ORed bounds; '5.4' implies [5.35, 5.45) (FHIR R4 search §3.1.1.4.1)."""
-    prefix, number = (text[:2], text[2:]) if text[:2] in PREFIXES else ("eq", text)
-    if _NUMBER.fullmatch(number) is None:
-        raise _invalid(name, value, f"{_show(number)} is not a number")
-    exact = Decimal(number)
-    exponent = exact.as_tuple().exponent
-    assert isinstance(exponent, int)  # finite by the pattern above
-    if abs(exact.adjusted()) > 300 or exponent < -300:
-        raise _invalid(name, value, "number out of the supported range")
-    # Half a unit in the last written place: 5.4 → 0.05, 100 → 0.5, 1e2 → 50 (one significant
-    # figure; the spec's example says [95, 105), which contradicts its own rule).
-    half = Decimal(5).scaleb(exponent - 1)
-    point, low, high = float(exact), float(exact - half), float(exact + half)
-    if prefix == "eq":
-        return (NumberBounds(ge=low, lt=high),)
-    if prefix == "ne":
-        return (NumberBounds(lt=low), NumberBounds(ge=high))
-    if prefix in ("gt", "sa"):
-        return (NumberBounds(gt=point),)
-    if prefix in ("lt", "eb"):
-        return (NumberBounds(lt=point),)
-    if prefix == "ge":
-        return (NumberBounds(ge=point),)
-    if prefix == "le":
-        return (NumberBounds(le=point),)
-    margin = max(abs(point) * 0.1, float(half))  # ap
-    return (NumberBounds(ge=point - margin, le=point + margin),)
-
-
-def _quantities(name: str, value: str, text: str) -> tuple[QuantityMatch, ...]:
-    """'[prefix]number', 'number|system|code' or 'number||code'."""
-    parts = _split_escaped(text, "|")
-    if len(parts) not in (1, 3):
-        raise _invalid(name, value, "expected [prefix]number[|system|code]")
-    system = code = None
-    if len(parts) == 3:
-        system, code = (_unescape(parts[1]) or None), (_unescape(parts[2]) or None)
-    return tuple(
-        QuantityMatch(bounds, system, code) for bounds in _number_bounds(name, value, parts[0])
-    )
-
-
-def _components(name: str, value: str) -> tuple[ComponentMatch, ...]:
-    """'token$quantity' pairs, e.g. 'http://loinc.org|8480-6$ge140'."""
-    matches: list[ComponentMatch] = []
-    for item in _split_escaped(value, ","):
-        parts = _split_escaped(item, "$")
-        if len(parts) != 2:
-            raise _invalid(name, value, "expected token$quantity")
-        token = _token(name, value, parts[0])
-        matches.extend(ComponentMatch(token, q) for q in _quantities(name, value, parts[1]))
-    return tuple(matches)
-
-
-def _clause(param: SearchParameter, modifier: str, value: str, now: datetime) -> Clause:
-    field = param.field
-    if field == "id":
-        return IdClause(tuple(_checked_id(param.name, value, i) for i in value.split(",")))
-    if field in ("code", "category", "identifier"):
-        return TokenClause(field, _tokens(param.name, value), negate=modifier == "not")
-    if field in ("patient", "device"):
-        return ReferenceClause(field, _reference_ids(param, modifier, value))
-    if field in ("date", "lastUpdated"):
-        return DateClause(field, _dates(param, value, now))
-    if field == "quantity":
-        items = _split_escaped(value, ",")
-        return QuantityClause(tuple(m for i in items for m in _quantities(param.name, value, i)))
-    return ComponentClause(_components(param.name, value))
 
 
 # ---------------------------------------------------------------- paging cursors
@@ -341,7 +156,7 @@ class _Parser:
     def unsupported(self, label: str, why: str) -> None:
         if self.strict:
             raise UnknownSearchParameter(
-                f"search parameter {_show(label)} is not supported on "
+                f"search parameter {show(label)} is not supported on "
                 f"{self.spec.resource_type}: {why}"
             )
         self.ignored.append(label)
@@ -359,11 +174,11 @@ class _Parser:
             if param is None:
                 self.unsupported(raw_name, "unknown parameter")
             elif colon and modifier not in param.modifiers:
-                self.unsupported(raw_name, f"modifier {_show(modifier)} is not supported")
+                self.unsupported(raw_name, f"modifier {show(modifier)} is not supported")
             else:
-                self.clauses.append(_clause(param, modifier, value, self.now))
+                self.clauses.append(clause(param, modifier, value, self.now))
                 self.self_params.append((raw_name, value))
-                self.uses_clock = self.uses_clock or _reads_clock(param, value)
+                self.uses_clock = self.uses_clock or reads_clock(param, value)
 
     def result(self, raw_name: str, name: str, has_modifier: bool, value: str) -> None:
         if has_modifier:
@@ -376,7 +191,7 @@ class _Parser:
             else:
                 self.unsupported(f"_include={value[:80]}", "not a supported _include value")
         elif name in self.result_values:
-            raise _invalid(name, value, "the parameter may appear only once")
+            raise invalid(name, value, "the parameter may appear only once")
         else:
             self.result_values[name] = value
 
@@ -385,10 +200,10 @@ class _Parser:
         if text is None:
             return min(default, maximum)
         if not text.isascii() or not text.isdigit():
-            raise _invalid("_count", text, "expected a non-negative integer")
+            raise invalid("_count", text, "expected a non-negative integer")
         count = _bounded_int(text, maximum + 1)
         if count > maximum:
-            self.warnings.append(f"_count={_show(text)} exceeds the maximum; {maximum} used")
+            self.warnings.append(f"_count={show(text)} exceeds the maximum; {maximum} used")
             count = maximum
         self.self_params.append(("_count", str(count)))
         return count
@@ -400,15 +215,15 @@ class _Parser:
         first, *rest = text.split(",")
         field = first.removeprefix("-")
         if not field:
-            raise _invalid("_sort", text, "expected [-]key[,[-]key...]")
+            raise invalid("_sort", text, "expected [-]key[,[-]key...]")
         sort_field = _SORT_FIELDS.get(field)
         if sort_field is None or sort_field not in self.spec.sort_fields:
-            self.unsupported(f"_sort={text[:80]}", f"{_show(field)} is not a sort key of this type")
+            self.unsupported(f"_sort={text[:80]}", f"{show(field)} is not a sort key of this type")
             return Sort()
         if rest:
             if self.strict:
-                raise UnknownSearchParameter(f"_sort={_show(text)}: only one sort key is supported")
-            self.warnings.append(f"_sort={_show(text)}: only the first key {_show(first)} is used")
+                raise UnknownSearchParameter(f"_sort={show(text)}: only one sort key is supported")
+            self.warnings.append(f"_sort={show(text)}: only the first key {show(first)} is used")
         sort = Sort(sort_field, descending=first.startswith("-"))
         self.self_params.append(("_sort", _sort_text(sort)))
         return sort
@@ -418,7 +233,7 @@ class _Parser:
         if text is None:
             return "none"
         if text not in _TOTALS:
-            raise _invalid("_total", text, "expected none, estimate or accurate")
+            raise invalid("_total", text, "expected none, estimate or accurate")
         self.self_params.append(("_total", text))
         return _TOTALS[text]
 
@@ -430,7 +245,7 @@ class _Parser:
             self.unsupported(f"_summary={text}", "only _summary=count and false are supported")
             return False
         if text not in ("count", "false"):
-            raise _invalid("_summary", text, "expected true, text, data, count or false")
+            raise invalid("_summary", text, "expected true, text, data, count or false")
         self.self_params.append(("_summary", text))
         return text == "count"
 
@@ -441,7 +256,7 @@ class _Parser:
         names = tuple(dict.fromkeys(item.strip() for item in text.split(",")))
         for name in names:
             if _ELEMENT.fullmatch(name) is None:
-                raise _invalid("_elements", text, f"{_show(name)} is not an element name")
+                raise invalid("_elements", text, f"{show(name)} is not an element name")
         self.self_params.append(("_elements", ",".join(names)))
         return names
 
@@ -455,7 +270,7 @@ def _bounded_int(digits: str, ceiling: int) -> int:
 def _spec(resource_type: str) -> ResourceSearch:
     spec = resource_search(resource_type)
     if spec is None:
-        raise InvalidSearch(f"resource type {_show(resource_type)} is not searchable here")
+        raise InvalidSearch(f"resource type {show(resource_type)} is not searchable here")
     return spec
 
 
@@ -506,15 +321,15 @@ def parse_lastn(params: Sequence[tuple[str, str]], *, strict: bool, now: datetim
     if not any(isinstance(c, TokenClause) and c.field in ("code", "category") for c in clauses):
         raise InvalidSearch("$lastn needs a category or code parameter")
     if len(maxima) > 1:
-        raise _invalid("max", maxima[1], "the parameter may appear only once")
+        raise invalid("max", maxima[1], "the parameter may appear only once")
     max_per_group = 1
     if maxima:
         text = maxima[0]
         if not text.isascii() or not text.isdigit() or not text.strip("0"):
-            raise _invalid("max", text, "expected a positive integer")
+            raise invalid("max", text, "expected a positive integer")
         max_per_group = _bounded_int(text, LASTN_MAX_LIMIT + 1)
         if max_per_group > LASTN_MAX_LIMIT:
-            parser.warnings.append(f"max={_show(text)} exceeds the maximum; {LASTN_MAX_LIMIT} used")
+            parser.warnings.append(f"max={show(text)} exceeds the maximum; {LASTN_MAX_LIMIT} used")
             max_per_group = LASTN_MAX_LIMIT
         parser.self_params.append(("max", str(max_per_group)))
     return ParsedLastN(
@@ -529,7 +344,7 @@ def parse_lastn(params: Sequence[tuple[str, str]], *, strict: bool, now: datetim
 def restrict_to_patient(parsed: Parsed, patient_id: str) -> Parsed:
     """AND the query with one Patient's compartment (a patient-scoped access token)."""
     spec = _spec(parsed.query.resource_type)
-    _checked_id("patient", patient_id, patient_id)
+    checked_id("patient", patient_id, patient_id)
     compartment: Clause = (
         IdClause((patient_id,))
         if spec.patient_compartment == "_id"
