@@ -10,7 +10,7 @@ import httpx
 
 from fhir_gateway.config import Settings
 from fhir_gateway.ingest.cursors import CursorStore
-from fhir_gateway.ingest.sync import ProgressCallback, SyncReport
+from fhir_gateway.ingest.reports import ProgressCallback, SyncReport
 from fhir_gateway.jobs.inbox import pending_count
 from fhir_gateway.jobs.queue import describe_dead_letter, list_dead_letters
 from fhir_gateway.services import ServiceOverrides, open_services

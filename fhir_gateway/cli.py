@@ -14,7 +14,7 @@ from fhir_gateway import admin
 from fhir_gateway.config import Settings
 from fhir_gateway.errors import ConfigError, GatewayError
 from fhir_gateway.fhir.access import create_access_token, has_access_tokens
-from fhir_gateway.ingest.sync import SyncProgress
+from fhir_gateway.ingest.reports import SyncProgress
 from fhir_gateway.jobs.worker import run_worker
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.services import sandbox_hint

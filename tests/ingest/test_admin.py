@@ -9,7 +9,7 @@ import pytest
 
 from fhir_gateway import admin, cli
 from fhir_gateway.config import Settings
-from fhir_gateway.ingest.sync import SyncProgress
+from fhir_gateway.ingest.reports import SyncProgress
 from fhir_gateway.services import ServiceOverrides
 from fhir_gateway.store.factory import make_store
 from fhir_gateway.withings.keys import generate_key, parse_keys
