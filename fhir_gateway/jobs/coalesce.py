@@ -6,6 +6,13 @@ machine — idle → queued → running → running+dirty — whose pending wind
 claims them when it starts and gives them back if it fails. The running state carries a lease
 refreshed while the sync runs, so a worker killed with SIGKILL never leaves the user stuck.
 
+The queued state names the job that will serve it. Writing the state and enqueueing that job are
+two steps, and a caller cancelled between them (the webhook's enqueue timeout, arq's job timeout,
+SIGTERM) leaves a state whose job never reached the queue; so whenever the state is read as
+queued, the job is looked up (`JobAlive`), and one that is gone is enqueued again under the same
+id — arq refuses the id while the original is queued or running, so two callers reviving it at
+once still make one job.
+
 The transitions are pure functions on `UserSyncState`; `MemoryCoalescer` (one process) and
 `RedisCoalescer` (every process, WATCH/MULTI on one key per user) only store the state.
 """
@@ -14,7 +21,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -23,11 +31,13 @@ from redis.exceptions import WatchError
 
 Phase = Literal["idle", "queued", "running"]
 T = TypeVar("T")
+# Whether the job with this id is still queued or running (JobQueue.job_alive).
+JobAlive = Callable[[str], Awaitable[bool]]
 
 # A running sync refreshes its lease every third of it; a holder silent for a whole lease is dead.
 DEFAULT_LEASE_SECONDS = 60.0
 # How long a "queued" user waits for its job to start before a new request enqueues another one
-# (covers a lost enqueue: the state said queued but the job never reached the queue).
+# (a backstop: a job that vanished is normally found gone by JobAlive and enqueued again).
 DEFAULT_QUEUED_SECONDS = 900.0
 # Windows for one appli closer than this are merged into one covering window.
 MERGE_GAP_SECONDS = 3600
@@ -112,6 +122,8 @@ class UserSyncState:
     claimed: tuple[SyncWindow, ...] = field(default=())
     # Running: the lease end. Queued: when a new request may enqueue again. Epoch seconds.
     expires_at: float = 0.0
+    # Queued: the id of the job that will serve it (None: unknown, wait for expires_at).
+    job: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -121,6 +133,7 @@ class UserSyncState:
                 "pending": [window.to_json() for window in self.pending],
                 "claimed": [window.to_json() for window in self.claimed],
                 "expires_at": self.expires_at,
+                "job": self.job,
             }
         )
 
@@ -135,11 +148,24 @@ class UserSyncState:
             pending=tuple(SyncWindow.from_json(item) for item in data["pending"]),
             claimed=tuple(SyncWindow.from_json(item) for item in data["claimed"]),
             expires_at=float(data["expires_at"]),
+            job=data.get("job"),
         )
 
     @property
     def is_idle_and_empty(self) -> bool:
         return self.phase == "idle" and not self.pending and not self.claimed
+
+    def waits_on(self, now: float) -> str | None:
+        """The job a live queued state waits for: the one to look up in the queue."""
+        if self.phase == "queued" and self.expires_at > now:
+            return self.job
+        return None
+
+
+def new_job_id(userid: str) -> str:
+    """Unique per enqueue: the coalescer, not arq's id check, keeps one sync per user, and a
+    follow-up must never be refused because the previous job's id is still running."""
+    return f"sync:{userid}:{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,18 +175,39 @@ class Timing:
 
 
 def on_request(
-    state: UserSyncState, window: SyncWindow | None, now: float, timing: Timing
-) -> tuple[UserSyncState, bool]:
-    """Record a request; True when the caller must enqueue a job for the user."""
+    state: UserSyncState,
+    window: SyncWindow | None,
+    now: float,
+    timing: Timing,
+    job_id: str,
+    job_alive: bool = True,
+) -> tuple[UserSyncState, str | None]:
+    """Record a request; the id of a job the caller must enqueue now, or None.
+
+    `job_id`: the id for a new job. `job_alive`: whether the job a queued state waits on is
+    still queued or running; when it is gone, its id is returned to be enqueued again.
+    """
     pending = merge_windows(state.pending, window)
     if state.phase == "running" and state.expires_at > now:
-        return replace(state, pending=pending, dirty=True), False
+        return replace(state, pending=pending, dirty=True), None
+    waiting_on = state.waits_on(now)
     if state.phase == "queued" and state.expires_at > now:
-        return replace(state, pending=pending), False
+        if waiting_on is None or job_alive:
+            return replace(state, pending=pending), None
+        # Its job never reached the queue (the enqueuer was cancelled) or was dropped.
+        return replace(state, pending=pending), waiting_on
     # Idle, a queued job that never started, or a holder whose lease ran out (killed worker):
     # the windows it had claimed go back, and a fresh job must be enqueued.
     restored = merge_all(state.claimed, pending)
-    return UserSyncState("queued", False, restored, (), now + timing.queued), True
+    return UserSyncState("queued", False, restored, (), now + timing.queued, job_id), job_id
+
+
+def on_revive(state: UserSyncState, now: float, job_alive: bool) -> str | None:
+    """The sweeper's check: the job id to enqueue again when a queued state's job is gone."""
+    waiting_on = state.waits_on(now)
+    if waiting_on is None or job_alive:
+        return None
+    return waiting_on
 
 
 def on_start(
@@ -180,22 +227,32 @@ def on_refresh(state: UserSyncState, now: float, timing: Timing) -> UserSyncStat
 
 
 def on_finish(
-    state: UserSyncState, ok: bool, retrying: bool, now: float, timing: Timing
-) -> tuple[UserSyncState, bool]:
-    """Release the user; True when the caller must enqueue a follow-up job.
+    state: UserSyncState,
+    ok: bool,
+    retrying: bool,
+    now: float,
+    timing: Timing,
+    *,
+    current_job: str | None,
+    follow_up_job: str,
+) -> tuple[UserSyncState, str | None]:
+    """Release the user; the id of a follow-up job the caller must enqueue, or None.
 
     ok: the claimed windows are done. Failure: they go back to pending; `retrying` says a retry
-    of the same job is coming (stay queued), else the user goes idle with its windows kept for
-    the next request.
+    of the same job (`current_job`) is coming (stay queued on it), else the user goes idle with
+    its windows kept for the next request.
     """
     if ok:
         if state.dirty or state.pending:
-            return UserSyncState("queued", False, state.pending, (), now + timing.queued), True
-        return UserSyncState(), False
+            queued = UserSyncState(
+                "queued", False, state.pending, (), now + timing.queued, follow_up_job
+            )
+            return queued, follow_up_job
+        return UserSyncState(), None
     pending = merge_all(state.claimed, state.pending)
     if retrying:
-        return UserSyncState("queued", False, pending, (), now + timing.queued), False
-    return UserSyncState("idle", False, pending, (), 0.0), False
+        return UserSyncState("queued", False, pending, (), now + timing.queued, current_job), None
+    return UserSyncState("idle", False, pending, (), 0.0), None
 
 
 def merge_all(first: Sequence[SyncWindow], second: Sequence[SyncWindow]) -> tuple[SyncWindow, ...]:
@@ -209,8 +266,9 @@ def merge_all(first: Sequence[SyncWindow], second: Sequence[SyncWindow]) -> tupl
 
 
 class Coalescer(Protocol):
-    async def request(self, userid: str, window: SyncWindow | None) -> bool:
-        """Record that `userid` needs a sync covering `window`; True = enqueue a job now."""
+    async def request(self, userid: str, window: SyncWindow | None) -> str | None:
+        """Record that `userid` needs a sync covering `window`; the job id to enqueue now
+        (a new job, or a queued one that never reached the queue), else None."""
         ...
 
     async def start(self, userid: str) -> list[SyncWindow] | None:
@@ -221,20 +279,42 @@ class Coalescer(Protocol):
         """Extend the running lease (called periodically while the sync runs)."""
         ...
 
-    async def finish(self, userid: str, ok: bool, *, retrying: bool = True) -> bool:
-        """Release the user; True = requests came in meanwhile: enqueue a follow-up."""
+    async def finish(
+        self, userid: str, ok: bool, *, retrying: bool = True, job_id: str | None = None
+    ) -> str | None:
+        """Release the user (`job_id`: the finishing job, which arq runs again when
+        `retrying`); the follow-up job id to enqueue when requests came in meanwhile."""
+        ...
+
+    async def revive(self, userid: str) -> str | None:
+        """The job id to enqueue again if the user is queued on a job that is gone."""
+        ...
+
+    async def queued_users(self) -> list[str]:
+        """Users whose state is queued (the sweeper revives those whose job is gone)."""
         ...
 
     async def state(self, userid: str) -> UserSyncState: ...
 
 
+async def _always_alive(job_id: str) -> bool:
+    return True
+
+
 class MemoryCoalescer:
     """The state machine in a dict, for the in-process queue (one process, one event loop)."""
 
-    def __init__(self, timing: Timing | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        timing: Timing | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        job_alive: JobAlive = _always_alive,
+    ) -> None:
         self._states: dict[str, UserSyncState] = {}
         self._timing = timing or Timing()
         self._clock = clock
+        self._job_alive = job_alive
 
     def _store(self, userid: str, state: UserSyncState) -> None:
         if state.is_idle_and_empty:
@@ -245,10 +325,18 @@ class MemoryCoalescer:
     async def state(self, userid: str) -> UserSyncState:
         return self._states.get(userid, UserSyncState())
 
-    async def request(self, userid: str, window: SyncWindow | None) -> bool:
-        state, enqueue = on_request(await self.state(userid), window, self._clock(), self._timing)
+    async def _alive(self, state: UserSyncState, now: float) -> bool:
+        waiting_on = state.waits_on(now)
+        return waiting_on is None or await self._job_alive(waiting_on)
+
+    async def request(self, userid: str, window: SyncWindow | None) -> str | None:
+        # InProcessQueue.job_alive never suspends, so nothing changes the state in between.
+        now = self._clock()
+        current = await self.state(userid)
+        alive = await self._alive(current, now)
+        state, job = on_request(current, window, now, self._timing, new_job_id(userid), alive)
         self._store(userid, state)
-        return enqueue
+        return job
 
     async def start(self, userid: str) -> list[SyncWindow] | None:
         state, claimed = on_start(await self.state(userid), self._clock(), self._timing)
@@ -258,12 +346,28 @@ class MemoryCoalescer:
     async def refresh(self, userid: str) -> None:
         self._store(userid, on_refresh(await self.state(userid), self._clock(), self._timing))
 
-    async def finish(self, userid: str, ok: bool, *, retrying: bool = True) -> bool:
+    async def finish(
+        self, userid: str, ok: bool, *, retrying: bool = True, job_id: str | None = None
+    ) -> str | None:
         state, follow_up = on_finish(
-            await self.state(userid), ok, retrying, self._clock(), self._timing
+            await self.state(userid),
+            ok,
+            retrying,
+            self._clock(),
+            self._timing,
+            current_job=job_id,
+            follow_up_job=new_job_id(userid),
         )
         self._store(userid, state)
         return follow_up
+
+    async def revive(self, userid: str) -> str | None:
+        now = self._clock()
+        current = await self.state(userid)
+        return on_revive(current, now, await self._alive(current, now))
+
+    async def queued_users(self) -> list[str]:
+        return [userid for userid, state in self._states.items() if state.phase == "queued"]
 
 
 # An idle user's leftover windows are forgotten after this; reconciliation covers them.
@@ -274,39 +378,76 @@ class RedisCoalescer:
     """The state machine in one Redis key per user, updated with WATCH/MULTI.
 
     Leases are compared with the Redis server's clock (TIME), so workers on hosts with skewed
-    clocks agree on when a lease has run out.
+    clocks agree on when a lease has run out. The queued job is looked up inside the WATCH, so
+    a job that starts meanwhile (its start() writes the key) makes the transition run again.
     """
 
     def __init__(
-        self, redis: Redis, *, timing: Timing | None = None, prefix: str = "fhir-gateway:coalesce:"
+        self,
+        redis: Redis,
+        *,
+        timing: Timing | None = None,
+        prefix: str = "fhir-gateway:coalesce:",
+        job_alive: JobAlive = _always_alive,
     ) -> None:
         self._redis = redis
         self._timing = timing or Timing()
         self._prefix = prefix
+        self._job_alive = job_alive
 
     async def state(self, userid: str) -> UserSyncState:
         return UserSyncState.from_json(await self._redis.get(self._prefix + userid))
 
-    async def request(self, userid: str, window: SyncWindow | None) -> bool:
+    async def request(self, userid: str, window: SyncWindow | None) -> str | None:
+        job_id = new_job_id(userid)
         return await self._transition(
-            userid, lambda state, now: on_request(state, window, now, self._timing)
+            userid,
+            lambda state, now, alive: on_request(state, window, now, self._timing, job_id, alive),
         )
 
     async def start(self, userid: str) -> list[SyncWindow] | None:
-        return await self._transition(userid, lambda state, now: on_start(state, now, self._timing))
+        return await self._transition(
+            userid, lambda state, now, _alive: on_start(state, now, self._timing)
+        )
 
     async def refresh(self, userid: str) -> None:
         await self._transition(
-            userid, lambda state, now: (on_refresh(state, now, self._timing), None)
+            userid, lambda state, now, _alive: (on_refresh(state, now, self._timing), None)
         )
 
-    async def finish(self, userid: str, ok: bool, *, retrying: bool = True) -> bool:
+    async def finish(
+        self, userid: str, ok: bool, *, retrying: bool = True, job_id: str | None = None
+    ) -> str | None:
+        follow_up_job = new_job_id(userid)
         return await self._transition(
-            userid, lambda state, now: on_finish(state, ok, retrying, now, self._timing)
+            userid,
+            lambda state, now, _alive: on_finish(
+                state,
+                ok,
+                retrying,
+                now,
+                self._timing,
+                current_job=job_id,
+                follow_up_job=follow_up_job,
+            ),
         )
+
+    async def revive(self, userid: str) -> str | None:
+        return await self._transition(
+            userid, lambda state, now, alive: (state, on_revive(state, now, alive))
+        )
+
+    async def queued_users(self) -> list[str]:
+        users: list[str] = []
+        async for key in self._redis.scan_iter(match=self._prefix + "*", count=500):
+            raw = await self._redis.get(key)
+            if raw is not None and UserSyncState.from_json(raw).phase == "queued":
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                users.append(name.removeprefix(self._prefix))
+        return users
 
     async def _transition(
-        self, userid: str, step: Callable[[UserSyncState, float], tuple[UserSyncState, T]]
+        self, userid: str, step: Callable[[UserSyncState, float, bool], tuple[UserSyncState, T]]
     ) -> T:
         key = self._prefix + userid
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -315,9 +456,12 @@ class RedisCoalescer:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
                     seconds, micros = await pipe.time()
-                    new_state, outcome = step(
-                        UserSyncState.from_json(raw), seconds + micros / 1_000_000
-                    )
+                    now = seconds + micros / 1_000_000
+                    state = UserSyncState.from_json(raw)
+                    waiting_on = state.waits_on(now)
+                    alive = waiting_on is None or await self._job_alive(waiting_on)
+                    new_state, outcome = step(state, now, alive)
+                    # Written even when unchanged: EXEC fails if the state moved meanwhile.
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if new_state.is_idle_and_empty:
                         pipe.delete(key)

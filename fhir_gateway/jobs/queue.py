@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeAlias, TypeVarTuple
 
 from arq import Retry
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
@@ -52,6 +53,10 @@ class JobQueue(Protocol):
 
         Raise QueueUnavailable when the queue cannot be reached.
         """
+        ...
+
+    async def job_alive(self, job_id: str) -> bool:
+        """True while the job is queued, deferred for a retry or running."""
         ...
 
     async def close(self) -> None: ...
@@ -103,6 +108,13 @@ class ArqQueue:
             raise QueueUnavailable(f"cannot enqueue {job.__name__}: {type(exc).__name__}") from exc
         return queued is not None
 
+    async def job_alive(self, job_id: str) -> bool:
+        # arq keeps the job key from enqueue until the job finishes for good (retries too).
+        try:
+            return bool(await self.redis.exists(job_key_prefix + job_id))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"cannot look up a job: {type(exc).__name__}") from exc
+
     async def close(self) -> None:
         if self._owns_connection:
             await self.redis.aclose(close_connection_pool=True)
@@ -135,6 +147,9 @@ class InProcessQueue:
 
     def active_ids(self) -> set[str]:
         return set(self._active)
+
+    async def job_alive(self, job_id: str) -> bool:
+        return job_id in self._active
 
     async def enqueue(
         self,

@@ -11,11 +11,10 @@ import asyncio
 import logging
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from arq import Retry
 from redis.exceptions import RedisError
@@ -48,11 +47,13 @@ __all__ = [
     "reconcile_job",
     "reconcile_user_job",
     "request_user_sync",
+    "revive_stalled_syncs",
     "sweep_inbox_job",
     "sync_user_job",
 ]
 
 logger = logging.getLogger("fhir_gateway.jobs")
+T = TypeVar("T")
 
 # Failures that pass: retried with backoff. An access token refused (WithingsAuthError) is
 # retried too, since the next try refreshes it; a refused refresh (WithingsInvalidGrant) or a
@@ -148,39 +149,50 @@ def backoff(job_try: int, tuning: JobTuning, error: BaseException) -> float:
     return delay
 
 
-def sync_job_id(userid: str) -> str:
-    """Unique per enqueue: the coalescer, not arq's id check, keeps one sync per user, and a
-    follow-up must never be refused because the previous job's id is still running."""
-    return f"sync:{userid}:{uuid.uuid4().hex[:16]}"
-
-
 async def request_user_sync(
     coalescer: Coalescer, queue: JobQueue, userid: str, window: SyncWindow | None
 ) -> bool:
     """Ask for a sync of `userid` covering `window`; True if a job was enqueued (False: merged
-    into a queued or running sync). Raises QueueUnavailable when Redis cannot be reached."""
+    into a queued or running sync). Raises QueueUnavailable when Redis cannot be reached.
+
+    Cancelled anywhere (the intake's timeout, SIGTERM), the user is left queued on a job id
+    that the next request or the sweeper finds missing and enqueues (coalesce.on_request).
+    """
     try:
-        must_enqueue = await coalescer.request(userid, window)
+        job_id = await coalescer.request(userid, window)
     except (RedisError, OSError) as exc:
         raise QueueUnavailable(f"coalescer unavailable: {type(exc).__name__}") from exc
-    if not must_enqueue:
+    if job_id is None:
         return False
-    try:
-        await queue.enqueue(sync_job_id(userid), sync_user_job, userid)
-    except (QueueUnavailable, asyncio.CancelledError):
-        # The state says "queued" but no job exists: go back to idle (windows kept) so that
-        # the next request, e.g. the inbox sweeper's, enqueues again.
-        await asyncio.shield(_abandon(coalescer, userid))
-        raise
+    # Shielded: a caller that stops waiting (the intake answers Withings after 1 s) must not
+    # leave the job half-enqueued; the enqueue completes in the background.
+    await _shielded(queue.enqueue(job_id, sync_user_job, userid))
     return True
 
 
-async def _abandon(coalescer: Coalescer, userid: str) -> None:
-    try:
-        await coalescer.finish(userid, ok=False, retrying=False)
-    except (RedisError, OSError):
-        # Unreachable too: the queued state expires by itself (coalesce.Timing.queued).
-        logger.warning("could not release user after a failed enqueue; it will expire")
+async def _shielded(step: Coroutine[Any, Any, T]) -> T:
+    """Await `step` to completion even if the caller is cancelled meanwhile (the caller still
+    sees its CancelledError); an error it raises after that is logged, not lost."""
+    task = asyncio.ensure_future(step)
+    task.add_done_callback(_log_orphaned_failure)
+    return await asyncio.shield(task)
+
+
+def _log_orphaned_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a shielded queue step failed: %s", type(task.exception()).__name__)
+
+
+async def revive_stalled_syncs(coalescer: Coalescer, queue: JobQueue) -> int:
+    """Enqueue again the jobs of users queued on a job that never reached the queue (or left
+    it); how many. The sweeper runs it, so such a user waits a sweep, not the queued timeout."""
+    revived = 0
+    for userid in await coalescer.queued_users():
+        job_id = await coalescer.revive(userid)
+        if job_id is not None and await queue.enqueue(job_id, sync_user_job, userid):
+            logger.warning("sync job of a user never reached the queue; enqueued it again")
+            revived += 1
+    return revived
 
 
 @asynccontextmanager
@@ -223,6 +235,7 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
     coalescer: Coalescer = ctx["coalescer"]
     metrics: GatewayMetrics = ctx["metrics"]
     tuning: JobTuning = ctx["tuning"]
+    job_id: str | None = ctx.get("job_id")
     windows = await coalescer.start(userid)
     if windows is None:
         # Another live sync holds the user; start() marked it dirty so that one follows up.
@@ -238,14 +251,16 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
             async with asyncio.timeout(tuning.sync_timeout):
                 await ctx["sync"].sync_user(userid, windows)
     except asyncio.CancelledError:
-        # Worker shutdown: arq runs the job again; the windows must be there for it.
-        await asyncio.shield(coalescer.finish(userid, ok=False, retrying=True))
+        # Worker shutdown: arq runs the job again and the windows must be there for it. After
+        # arq's job timeout it does not: the user stays queued on this job's id, which the
+        # next request or the sweeper then finds gone and enqueues again.
+        await _shielded(coalescer.finish(userid, ok=False, retrying=True, job_id=job_id))
         raise
     except Exception as exc:
         kind = classify_failure(exc)
         if kind == "retry":
             exhausted = _exhausted(ctx)
-            await coalescer.finish(userid, ok=False, retrying=not exhausted)
+            await coalescer.finish(userid, ok=False, retrying=not exhausted, job_id=job_id)
             if not exhausted:
                 metrics.job(job, "retry")
                 raise Retry(defer=backoff(int(ctx.get("job_try", 1)), tuning, exc)) from exc
@@ -262,17 +277,19 @@ async def sync_user_job(ctx: JobContext, userid: str) -> None:
         await complete_user_inbox(ctx["store"], userid, claimed_at)
         await _give_up(ctx, job, userid, exc, "failed")
         return
-    follow_up = await coalescer.finish(userid, ok=True)
+    # Release and follow-up enqueue back to back, shielded from arq's timeout and shutdown; a
+    # follow-up lost anyway (SIGKILL in between) is revived by the next request or sweep.
+    follow_up = await _shielded(coalescer.finish(userid, ok=True, job_id=job_id))
+    if follow_up is not None:
+        try:
+            await _shielded(ctx["queue"].enqueue(follow_up, sync_user_job, userid))
+        except QueueUnavailable:
+            # Not lost: the user is queued on the follow-up's id; the sweeper enqueues it.
+            logger.warning("follow-up sync not enqueued, queue unavailable; the sweeper will")
     oldest = await complete_user_inbox(ctx["store"], userid, claimed_at, windows)
     if oldest is not None:
         metrics.notification_lag.set(max(0.0, time.time() - oldest))
     metrics.job(job, "ok")
-    if follow_up:
-        try:
-            await ctx["queue"].enqueue(sync_job_id(userid), sync_user_job, userid)
-        except QueueUnavailable as exc:
-            # Run this job again instead: its start() claims what the follow-up would have.
-            raise Retry(defer=tuning.retry_base_delay) from exc
 
 
 def reconcile_period(score_ms: int, interval: float) -> int:
@@ -334,6 +351,10 @@ async def sweep_inbox_job(ctx: JobContext) -> None:
     async def request(userid: str, window: SyncWindow | None) -> bool:
         return await request_user_sync(coalescer, queue, userid, window)
 
+    try:
+        await revive_stalled_syncs(coalescer, queue)
+    except (QueueUnavailable, RedisError, OSError) as exc:
+        logger.warning("stalled syncs not revived, queue unavailable: %s", type(exc).__name__)
     await sweep_inbox(
         ctx["store"],
         request,

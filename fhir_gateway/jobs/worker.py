@@ -144,12 +144,13 @@ def worker_settings(
         services = await stack.enter_async_context(services_factory(settings))
         redis: ArqRedis = ctx["redis"]
         ctx["_services"] = stack
+        queue = ArqQueue(redis)
         ctx.update(
             job_context(
                 store=services.store,
                 sync=services.sync,
-                coalescer=RedisCoalescer(redis, timing=timing),
-                queue=ArqQueue(redis),
+                coalescer=RedisCoalescer(redis, timing=timing, job_alive=queue.job_alive),
+                queue=queue,
                 metrics=worker_metrics,
                 tuning=tuning,
             )
@@ -254,7 +255,11 @@ class RedisJobClient:
         self.metrics = metrics or GatewayMetrics()
         self.queue = ArqQueue.from_url(settings.redis_url)
         self.redis: ArqRedis = self.queue.redis
-        self.coalescer = RedisCoalescer(self.redis, timing=coalescer_timing(tuning_for(settings)))
+        self.coalescer = RedisCoalescer(
+            self.redis,
+            timing=coalescer_timing(tuning_for(settings)),
+            job_alive=self.queue.job_alive,
+        )
         self.replays = RedisReplayGuard(self.redis)
         self._store = store
 
@@ -292,9 +297,11 @@ class InProcessRunner:
     ) -> None:
         self.tuning = tuning or JobTuning()
         self.metrics = metrics or GatewayMetrics()
-        self.coalescer = MemoryCoalescer(coalescer_timing(self.tuning))
         self.queue = InProcessQueue(
             max_tries=self.tuning.max_tries, job_timeout=self.tuning.job_timeout
+        )
+        self.coalescer = MemoryCoalescer(
+            coalescer_timing(self.tuning), job_alive=self.queue.job_alive
         )
         self.queue.context.update(
             job_context(

@@ -87,16 +87,16 @@ async def coalescer(request: pytest.FixtureRequest) -> AsyncIterator[Coalescer]:
 async def test_one_job_per_burst_and_a_follow_up_for_requests_during_the_run(
     coalescer: Coalescer,
 ) -> None:
-    assert await coalescer.request("7", W(1, 0, 10)) is True
-    assert await coalescer.request("7", W(1, 5, 20)) is False  # merged into the queued job
+    assert await coalescer.request("7", W(1, 0, 10)) is not None
+    assert await coalescer.request("7", W(1, 5, 20)) is None  # merged into the queued job
     assert await coalescer.start("7") == [W(1, 0, 20)]
-    assert await coalescer.request("7", W(4, 100, 200)) is False  # running: marked dirty
+    assert await coalescer.request("7", W(4, 100, 200)) is None  # running: marked dirty
     assert (await coalescer.state("7")).dirty
-    assert await coalescer.finish("7", ok=True) is True  # follow-up needed
+    assert await coalescer.finish("7", ok=True) is not None  # follow-up needed
     assert await coalescer.start("7") == [W(4, 100, 200)]
-    assert await coalescer.finish("7", ok=True) is False
+    assert await coalescer.finish("7", ok=True) is None
     assert (await coalescer.state("7")).phase == "idle"
-    assert await coalescer.request("7", None) is True  # idle again: a new job
+    assert await coalescer.request("7", None) is not None  # idle again: a new job
 
 
 async def test_a_second_job_for_a_running_user_does_not_run_and_causes_a_follow_up(
@@ -105,14 +105,14 @@ async def test_a_second_job_for_a_running_user_does_not_run_and_causes_a_follow_
     await coalescer.request("7", W(1, 0, 10))
     assert await coalescer.start("7") is not None
     assert await coalescer.start("7") is None
-    assert await coalescer.finish("7", ok=True) is True
+    assert await coalescer.finish("7", ok=True) is not None
 
 
 async def test_failed_sync_puts_its_windows_back(coalescer: Coalescer) -> None:
     await coalescer.request("7", W(1, 0, 10))
     assert await coalescer.start("7") == [W(1, 0, 10)]
     await coalescer.request("7", W(2, 50, 60))
-    assert await coalescer.finish("7", ok=False) is False  # the job itself retries
+    assert await coalescer.finish("7", ok=False) is None  # the job itself retries
     state = await coalescer.state("7")
     assert state.phase == "queued"
     assert await coalescer.start("7") == [W(1, 0, 10), W(2, 50, 60)]
@@ -121,10 +121,79 @@ async def test_failed_sync_puts_its_windows_back(coalescer: Coalescer) -> None:
 async def test_given_up_sync_keeps_windows_for_the_next_request(coalescer: Coalescer) -> None:
     await coalescer.request("7", W(1, 0, 10))
     await coalescer.start("7")
-    assert await coalescer.finish("7", ok=False, retrying=False) is False
+    assert await coalescer.finish("7", ok=False, retrying=False) is None
     assert (await coalescer.state("7")).phase == "idle"
-    assert await coalescer.request("7", W(4, 0, 10)) is True
+    assert await coalescer.request("7", W(4, 0, 10)) is not None
     assert await coalescer.start("7") == [W(1, 0, 10), W(4, 0, 10)]
+
+
+class Jobs:
+    """The queue as the coalescer sees it: which job ids are queued or running."""
+
+    def __init__(self) -> None:
+        self.alive: set[str] = set()
+
+    async def job_alive(self, job_id: str) -> bool:
+        return job_id in self.alive
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def coalescer_and_jobs(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[Coalescer, Jobs]]:
+    jobs = Jobs()
+    timing = Timing(lease=60, queued=900)
+    if request.param == "memory":
+        yield MemoryCoalescer(timing, job_alive=jobs.job_alive), jobs
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = Redis.from_url(server.url)
+    yield RedisCoalescer(client, timing=timing, job_alive=jobs.job_alive), jobs
+    await client.aclose()
+
+
+async def test_a_queued_job_that_never_reached_the_queue_is_enqueued_again_under_its_id(
+    coalescer_and_jobs: tuple[Coalescer, Jobs],
+) -> None:
+    coalescer, jobs = coalescer_and_jobs
+    job = await coalescer.request("7", W(1, 0, 10))
+    assert job is not None and job.startswith("sync:7:")
+    # ...the enqueuer was cancelled before enqueueing `job`: the next request sees it missing.
+    assert await coalescer.request("7", W(4, 0, 10)) == job
+    assert await coalescer.revive("7") == job
+    assert await coalescer.queued_users() == ["7"]
+    jobs.alive.add(job)  # enqueued now: merged into it, nothing to revive
+    assert await coalescer.request("7", W(2, 0, 10)) is None
+    assert await coalescer.revive("7") is None
+    assert await coalescer.start("7") == [W(1, 0, 10), W(2, 0, 10), W(4, 0, 10)]
+    assert await coalescer.queued_users() == []
+    assert await coalescer.revive("7") is None  # running, not queued
+
+
+async def test_the_queued_state_names_the_follow_up_and_the_retrying_job(
+    coalescer_and_jobs: tuple[Coalescer, Jobs],
+) -> None:
+    coalescer, jobs = coalescer_and_jobs
+    first = await coalescer.request("7", W(1, 0, 10))
+    assert first is not None
+    jobs.alive.add(first)
+    await coalescer.start("7")
+    await coalescer.request("7", W(4, 0, 10))  # during the run: dirty
+    follow_up = await coalescer.finish("7", ok=True, job_id=first)
+    jobs.alive.discard(first)
+    assert follow_up is not None and follow_up != first
+    assert (await coalescer.state("7")).job == follow_up
+    # The follow-up's enqueue was lost (the job was cancelled right after finish()).
+    assert await coalescer.revive("7") == follow_up
+    jobs.alive.add(follow_up)
+    await coalescer.start("7")
+    # A failure that arq retries: queued on the same job, which is still alive.
+    assert await coalescer.finish("7", ok=False, retrying=True, job_id=follow_up) is None
+    assert (await coalescer.state("7")).job == follow_up
+    assert await coalescer.revive("7") is None
+    # ...unless arq gave up on it (its job timeout): then it is enqueued again.
+    jobs.alive.discard(follow_up)
+    assert await coalescer.revive("7") == follow_up
 
 
 async def test_memory_lease_expiry_releases_a_user_whose_worker_died() -> None:
@@ -133,23 +202,23 @@ async def test_memory_lease_expiry_releases_a_user_whose_worker_died() -> None:
     await coalescer.request("7", W(1, 0, 10))
     await coalescer.start("7")  # ...and the worker is killed: no refresh, no finish
     clock.now += 30
-    assert await coalescer.request("7", W(4, 0, 10)) is False  # lease still valid
+    assert await coalescer.request("7", W(4, 0, 10)) is None  # lease still valid
     await coalescer.refresh("7")
     clock.now += 59
-    assert await coalescer.request("7", W(4, 0, 10)) is False  # refreshed lease still valid
+    assert await coalescer.request("7", W(4, 0, 10)) is None  # refreshed lease still valid
     clock.now += 2
-    assert await coalescer.request("7", W(4, 0, 10)) is True
+    assert await coalescer.request("7", W(4, 0, 10)) is not None
     assert await coalescer.start("7") == [W(1, 0, 10), W(4, 0, 10)]
 
 
 async def test_memory_queued_state_expires_when_its_job_never_started() -> None:
     clock = Clock()
     coalescer = MemoryCoalescer(Timing(lease=60, queued=900), clock=clock)
-    assert await coalescer.request("7", W(1, 0, 10)) is True  # ...but the enqueue was lost
+    assert await coalescer.request("7", W(1, 0, 10)) is not None  # ...but the enqueue was lost
     clock.now += 899
-    assert await coalescer.request("7", None) is False
+    assert await coalescer.request("7", None) is None
     clock.now += 2
-    assert await coalescer.request("7", None) is True
+    assert await coalescer.request("7", None) is not None
 
 
 async def test_redis_concurrent_requests_from_many_clients_enqueue_exactly_once(
@@ -161,7 +230,7 @@ async def test_redis_concurrent_requests_from_many_clients_enqueue_exactly_once(
         answers = await asyncio.gather(
             *(coalescers[i % 10].request("42", W(1, i * 10, i * 10 + 5)) for i in range(100))
         )
-        assert answers.count(True) == 1
+        assert sum(answer is not None for answer in answers) == 1
         windows = await coalescers[0].start("42")
         assert windows == [W(1, 0, 995)]
     finally:
@@ -201,7 +270,7 @@ async def test_redis_lease_expires_after_the_holder_is_killed(
         coalescer = RedisCoalescer(redis_client, timing=Timing(lease=lease))
         await asyncio.sleep(lease * 1.5)
         # Alive and refreshing: the user is still held.
-        assert await coalescer.request("7", SyncWindow(4, 300, 400)) is False
+        assert await coalescer.request("7", SyncWindow(4, 300, 400)) is None
         holder.kill()  # SIGKILL: no finish, no cleanup
         holder.wait()
         killed_at = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,7 +43,9 @@ async def running_workers(
     count: int = 1,
     tuning: JobTuning = FAST,
     metrics: list[GatewayMetrics] | None = None,
+    adjust_context: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[list[Worker]]:
+    """`adjust_context` changes each worker's job ctx once our on_startup has built it."""
     settings = Settings(redis_url=redis_url)
     workers: list[Worker] = []
     for index in range(count):
@@ -53,6 +55,8 @@ async def running_workers(
             tuning=tuning,
             metrics=None if metrics is None else metrics[index],
         )
+        if adjust_context is not None:
+            options["on_startup"] = _then(options["on_startup"], adjust_context)
         workers.append(Worker(**options, handle_signals=False, poll_delay=0.05))
     tasks = [asyncio.create_task(worker.async_run()) for worker in workers]
     try:
@@ -61,3 +65,13 @@ async def running_workers(
         for worker in workers:
             await worker.close()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _then(
+    on_startup: Callable[[dict[str, Any]], Any], adjust: Callable[[dict[str, Any]], None]
+) -> Callable[[dict[str, Any]], Any]:
+    async def startup(ctx: dict[str, Any]) -> None:
+        await on_startup(ctx)
+        adjust(ctx)
+
+    return startup
