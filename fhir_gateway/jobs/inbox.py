@@ -168,11 +168,14 @@ class NotificationIntake:
         Raises StoreError when the inbox write fails: the webhook then answers 5xx so that
         Withings retries (its schedule spans ~5 h, withings-api §5.5).
         """
-        if self._replays is not None and not await self._replays.first_seen(
-            notification.inbox_key()
-        ):
+        key = notification.inbox_key()
+        if self._replays is not None and await self._replays.seen(key):
             return "replay"
         record = await record_notification(self._store, notification, now=self._now)
+        # Only now: had the write failed, Withings' retry of this copy must not be a "replay".
+        # Copies racing past `seen` meanwhile only merge into the same coalesced sync.
+        if self._replays is not None:
+            await self._replays.remember(key)
         try:
             async with asyncio.timeout(self._enqueue_timeout):
                 await self._request_sync(notification.userid, notification.window())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 
+from fhir_gateway.errors import StoreError
 from fhir_gateway.jobs.coalesce import SyncWindow
 from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, NotificationIntake
-from fhir_gateway.jobs.replay import MemoryReplayGuard, RedisReplayGuard
+from fhir_gateway.jobs.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from fhir_gateway.store.sqlite import SQLiteStore
 from tests.jobs.conftest import RestartableRedis
 
@@ -21,31 +23,67 @@ class Clock:
         return self.now
 
 
-async def test_memory_guard_admits_one_copy_per_window() -> None:
+async def test_memory_guard_remembers_a_key_for_the_window() -> None:
     clock = Clock()
     guard = MemoryReplayGuard(window=600, clock=clock)
-    assert await guard.first_seen("a")
-    assert not await guard.first_seen("a")
-    assert await guard.first_seen("b")
+    assert not await guard.seen("a")
+    assert not await guard.seen("a")  # looking does not remember
+    await guard.remember("a")
+    assert await guard.seen("a")
+    assert not await guard.seen("b")
     clock.now += 599
-    assert not await guard.first_seen("a")
+    assert await guard.seen("a")
     clock.now += 2
-    assert await guard.first_seen("a")  # the window has passed: a real new notification
+    assert not await guard.seen("a")  # the window has passed: a real new notification
 
 
 async def test_redis_guard_is_shared_and_fails_open(restartable_redis: RestartableRedis) -> None:
     first, second = Redis.from_url(restartable_redis.url), Redis.from_url(restartable_redis.url)
     try:
         web_a, web_b = RedisReplayGuard(first), RedisReplayGuard(second)
-        assert await web_a.first_seen("k")
-        assert not await web_b.first_seen("k")  # another web process saw it first
+        assert not await web_a.seen("k")
+        await web_a.remember("k")
+        assert await web_b.seen("k")  # another web process recorded it first
         assert 0 < await first.ttl("fhir-gateway:seen:k") <= 600
         restartable_redis.stop()
         # Redis down: treated as new, so that a first copy is never dropped.
-        assert await web_a.first_seen("k")
+        assert not await web_a.seen("k")
+        await web_a.remember("k")  # and remembering it does not fail the notification
     finally:
         await first.aclose()
         await second.aclose()
+
+
+@pytest.mark.parametrize("guard_kind", ["memory", "redis"])
+async def test_a_copy_whose_inbox_write_failed_is_taken_when_withings_retries_it(
+    store: SQLiteStore, request: pytest.FixtureRequest, guard_kind: str
+) -> None:
+    requested: list[str] = []
+
+    async def request_sync(userid: str, window: SyncWindow | None) -> bool:
+        requested.append(userid)
+        return True
+
+    client: Redis | None = None
+    guard: ReplayGuard = MemoryReplayGuard()
+    if guard_kind == "redis":
+        client = Redis.from_url(request.getfixturevalue("redis_server").url)
+        guard = RedisReplayGuard(client)
+    try:
+        intake = NotificationIntake(store, request_sync, replays=guard)
+        await store.close()  # the inbox write fails: the webhook answers 5xx
+        with pytest.raises(StoreError):
+            await intake(NOTIFICATION)
+        assert requested == []
+        await store.open()
+        # Withings retries the same payload (withings-api §5.5): recorded and requested.
+        assert await intake(NOTIFICATION) == "enqueued"
+        assert requested == ["12345"]
+        assert len(await store.list_records(INBOX_KIND)) == 1
+        assert await intake(NOTIFICATION) == "replay"  # a copy after that is a replay
+    finally:
+        if client is not None:
+            await client.aclose()
 
 
 async def test_the_intake_records_and_requests_only_the_first_copy(store: SQLiteStore) -> None:
