@@ -20,7 +20,7 @@ from fhir_gateway.ingest.connect import CALLBACK_PATH, ConnectFlow
 from fhir_gateway.ingest.subscriptions import SUBSCRIBE_SPACING_SECONDS, Subscriptions, WebhookUrl
 from fhir_gateway.ingest.sync import SyncService
 from fhir_gateway.jobs.budget import make_budget
-from fhir_gateway.jobs.inbox import Notification
+from fhir_gateway.jobs.inbox import PROFILE_APPLI, Notification
 from fhir_gateway.jobs.readiness import Readiness, check_readiness
 from fhir_gateway.jobs.worker import InProcessRunner, JobRuntime, make_job_runtime
 from fhir_gateway.locks import LockFactory, make_locks
@@ -39,8 +39,8 @@ STATE_SECRET_NAME = "oauth_state"
 SANDBOX_MOUNT = "/sandbox/withings"
 SANDBOX_CONSENT_PATH = "/oauth2_user/authorize2"
 SANDBOX_CLIENT_ID = "fhir-gateway-sandbox"
-# Withings' user-profile notification (§5.3): `action` unlink/delete means the account is gone.
-PROFILE_APPLI = 46
+# Withings' user-profile notification (§5.3, PROFILE_APPLI): `action` unlink/delete means the
+# account is gone.
 UNLINK_ACTIONS = frozenset({"unlink", "delete"})
 
 

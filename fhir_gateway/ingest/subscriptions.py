@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 # calls too close together (§2.3).
 SUBSCRIBE_SPACING_SECONDS = 5.0
 # appli → the scope the user must have granted for it (§5.3). 54 is the ECG notification, whose
-# intervals and AFib result (135-138, 130) arrive through getmeas.
+# intervals and AFib result (135-138, 130) arrive through getmeas. 46 is the user profile: its
+# unlink/delete action tells us at once that the account is gone (services.on_notification).
 NOTIFICATION_APPLIS: tuple[tuple[int, str], ...] = (
     (1, "user.metrics"),
     (2, "user.metrics"),
     (4, "user.metrics"),
     (16, "user.activity"),
     (44, "user.activity"),
+    (46, "user.info"),
     (54, "user.metrics"),
 )
 COMMENT = "fhir-gateway"

@@ -41,6 +41,12 @@ _SWEEP_LIMIT = 5000
 
 RequestSync = Callable[[str, SyncWindow | None], Awaitable[bool]]
 
+# Notification categories that announce data we sync (withings-api §5.3): measures,
+# temperature, blood pressure, activity, sleep, ECG.
+SYNCED_APPLIS = frozenset({1, 2, 4, 16, 44, 54})
+# The user-profile category: `action` unlink/delete means the account is gone (no data to sync).
+PROFILE_APPLI = 46
+
 
 @dataclass(frozen=True, slots=True)
 class Notification:
@@ -162,12 +168,15 @@ class NotificationIntake:
         self._now = now
 
     async def __call__(self, notification: Notification) -> str:
-        """Returns the outcome: "enqueued", "inbox_only" when the queue was unreachable, or
-        "replay" for a copy of a notification handled within the replay window.
+        """Returns the outcome: "enqueued", "inbox_only" when the queue was unreachable,
+        "replay" for a copy of a notification handled within the replay window, or
+        "ignored_appli" for a category that announces no data we sync.
 
         Raises StoreError when the inbox write fails: the webhook then answers 5xx so that
         Withings retries (its schedule spans ~5 h, withings-api §5.5).
         """
+        if notification.appli not in SYNCED_APPLIS:
+            return "ignored_appli"  # nothing to fetch (e.g. a profile change)
         key = notification.inbox_key()
         if self._replays is not None and await self._replays.seen(key):
             return "replay"

@@ -30,7 +30,7 @@ from fhir_gateway.errors import (
     VersionConflict,
 )
 from fhir_gateway.fhir.http import FORM, error_response
-from fhir_gateway.jobs.inbox import Notification
+from fhir_gateway.jobs.inbox import PROFILE_APPLI, SYNCED_APPLIS, Notification
 from fhir_gateway.metrics import GatewayMetrics
 from fhir_gateway.store.base import Store
 from fhir_gateway.withings.vault import TOKENS_KIND
@@ -40,9 +40,10 @@ logger = logging.getLogger("fhir_gateway.webhook")
 WEBHOOK_PATH = "/webhooks/withings/{secret}"
 SECRETS_KIND = "secrets"
 WEBHOOK_SECRET_KEY = "withings_webhook"
-# Notification categories we sync (withings-api §5.3): measures, temperature, blood pressure,
-# activity, sleep, ECG. Others (46 profile, 50-52 bed events …) are acknowledged and ignored.
-SYNCED_APPLIS = frozenset({1, 2, 4, 16, 44, 54})
+# Categories handed to `on_notification` (withings-api §5.3): the ones we sync, and 46, the user
+# profile, whose action unlink/delete means the account is gone. Others (50-52 bed events …)
+# are acknowledged and ignored.
+HANDLED_APPLIS = SYNCED_APPLIS | {PROFILE_APPLI}
 
 MAX_BODY_BYTES = 2048
 MAX_FIELDS = 16
@@ -203,7 +204,7 @@ def webhook_routes(
         except (InvalidRequest, UnsupportedMediaType) as exc:
             count("malformed")
             return error_response(exc)
-        if notification.appli not in SYNCED_APPLIS:
+        if notification.appli not in HANDLED_APPLIS:
             count("ignored_appli")
             return Response(status_code=200)
         try:

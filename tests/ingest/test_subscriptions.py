@@ -31,10 +31,11 @@ async def _answer_probe(request: Request) -> Response:
 @pytest.mark.parametrize(
     ("scope", "applis"),
     [
-        ("user.info,user.metrics,user.activity", [1, 2, 4, 16, 44, 54]),
+        ("user.info,user.metrics,user.activity", [1, 2, 4, 16, 44, 46, 54]),
         ("user.metrics", [1, 2, 4, 54]),
-        ("user.info,user.activity", [16, 44]),
-        ("user.info", []),
+        ("user.info,user.activity", [16, 44, 46]),
+        ("user.info", [46]),  # unlink notifications only
+        ("user.activity", [16, 44]),
     ],
 )
 def test_the_granted_scope_decides_the_applis(scope: str, applis: list[int]) -> None:
@@ -62,11 +63,11 @@ async def test_subscribe_spaced_out_then_repair_what_withings_dropped(gateway: H
             services.withings, services.tokens, services.vault, callback_url, sleep=record_pause
         )
         assert await subscriptions.subscribe(userid, "user.info,user.metrics,user.activity") == [
-            1, 2, 4, 16, 44, 54
+            1, 2, 4, 16, 44, 46, 54
         ]  # fmt: skip
-        assert pauses == [5.0] * 5  # between calls, not before the first
+        assert pauses == [5.0] * 6  # between calls, not before the first
         ours = {s.appli for s in gateway.sandbox.subscriptions if s.callbackurl == CALLBACK}
-        assert ours == {1, 2, 4, 16, 44, 54}
+        assert ours == {1, 2, 4, 16, 44, 46, 54}
 
         gateway.sandbox.subscriptions = [
             s for s in gateway.sandbox.subscriptions if (s.appli, s.callbackurl) != (4, CALLBACK)

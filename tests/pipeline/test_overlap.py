@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from fhir_gateway.ingest.subscriptions import subscribed_applis
 from fhir_gateway.withings import identity
 from fhir_gateway.withings.sandbox import SandboxState
 from tests.pipeline.harness import (
     FAST,
+    SCOPE,
     Pipeline,
     WithingsCall,
     notification_form,
@@ -127,7 +129,7 @@ async def test_a4_several_workers_run_one_reconciliation_per_period(
             f"with {RECONCILE_WORKERS} workers"
         )
         # And the repair subscribed what was missing once, not once per worker.
-        assert len(pipeline.traffic.of(userid, "subscribe")) == 6
+        assert len(pipeline.traffic.of(userid, "subscribe")) == len(subscribed_applis(SCOPE))
 
 
 async def test_a3_data_landing_in_the_second_a_sync_read_up_to_is_stored_by_the_next_cycle(

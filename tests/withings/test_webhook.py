@@ -209,8 +209,10 @@ async def test_non_form_and_non_ascii_bodies_are_refused(
     "body",
     [
         "userid=999&appli=1&startdate=1&enddate=2",  # nobody we know
-        f"userid={KNOWN_USER}&appli=46&action=unlink",  # a category we do not sync
-        f"userid={KNOWN_USER}&appli=50&deviceid=abc&date=1700000000",
+        "userid=999&appli=46&action=unlink",
+        f"userid={KNOWN_USER}&appli=50&deviceid=abc&date=1700000000",  # a category we ignore
+        # The profile category reaches the intake, which has nothing to fetch for it.
+        f"userid={KNOWN_USER}&appli=46&action=update",
     ],
 )
 async def test_unknown_users_and_unsynced_categories_are_acknowledged_and_ignored(
@@ -221,6 +223,41 @@ async def test_unknown_users_and_unsynced_categories_are_acknowledged_and_ignore
     assert (response.status_code, response.content) == (200, b"")
     await runner.queue.join()
     assert await gateway.inbox() == [] and sync.runs == []
+
+
+async def test_the_profile_category_reaches_the_handler_with_its_action(
+    store: SQLiteStore,
+) -> None:
+    # Appli 46 carries no data, but action=unlink/delete means the account is gone at
+    # Withings (withings-api §5.3): the handler (Services.on_notification) must see it.
+    handed: list[Notification] = []
+
+    async def on_notification(notification: Notification) -> str:
+        handed.append(notification)
+        return "unlinked"
+
+    metrics = GatewayMetrics()
+    app = Starlette(
+        routes=[*webhook_routes(store, WebhookSecret(store), on_notification, metrics=metrics)]
+    )
+    secret = await load_or_create_webhook_secret(store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        gateway = Gateway(http, secret, store, metrics)
+        for body in (
+            f"userid={KNOWN_USER}&appli=46&action=unlink",
+            f"userid={KNOWN_USER}&appli=46&action=delete&date=2024-05-02",
+            "userid=999&appli=46&action=unlink",  # not ours: never handed over
+            f"userid={KNOWN_USER}&appli=50&action=unlink",  # bed event: ignored
+        ):
+            assert (await gateway.post(body)).status_code == 200
+    assert [(n.userid, n.appli, n.action) for n in handed] == [
+        (KNOWN_USER, 46, "unlink"),
+        (KNOWN_USER, 46, "delete"),
+    ]
+    assert metrics.value("fhir_gateway_withings_notifications_total", {"outcome": "unlinked"}) == 2
+    assert await gateway.inbox() == []
 
 
 # ------------------------------------------------------------------------- accepted
