@@ -217,7 +217,7 @@ async def test_a_notification_about_a_deletion_reaches_the_fhir_api(gateway: Har
     userid = unseeded_user(gateway.sandbox, [weight_group(71_000, taken, grpid=8101)])
     await gateway.connect(userid)  # subscriptions run in the background; settle() awaited them
     subscribed = sorted(s.appli for s in gateway.sandbox.subscriptions if s.userid == userid)
-    assert subscribed == [1, 2, 4, 16, 44, 54]
+    assert subscribed == [1, 2, 4, 16, 44, 46, 54]
     observation = f"/Observation/{identity.measure_observation_id(8101, 1, None)}"
     assert (await gateway.http.get(observation, headers=gateway.admin())).status_code == 200
 

@@ -68,7 +68,7 @@ async def test_a_newcomer_connects_the_sandbox_and_queries_observations(tmp_path
             await services.settle()
             # The simulator probed the gateway's webhook in-process and accepted it.
             assert services.sandbox is not None
-            assert {s.appli for s in services.sandbox.subscriptions} == {1, 2, 4, 16, 44, 54}
+            assert {s.appli for s in services.sandbox.subscriptions} == {1, 2, 4, 16, 44, 46, 54}
 
             token = await create_access_token(services.store, scope="system/*.rs")
             found = await browser.get(
