@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 Phase = Literal["idle", "queued", "running"]
 T = TypeVar("T")
@@ -372,14 +371,29 @@ class MemoryCoalescer:
 
 # An idle user's leftover windows are forgotten after this; reconciliation covers them.
 STATE_TTL_SECONDS = 7 * 24 * 3600
+# KEYS[1]: the state key; ARGV: the value it was read as ("" = absent), the new value ("" =
+# delete), the TTL. 1 if written, 0 if the key no longer holds what was read.
+_COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+    return 0
+end
+if ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+else
+    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 1
+"""
 
 
 class RedisCoalescer:
-    """The state machine in one Redis key per user, updated with WATCH/MULTI.
+    """The state machine in one Redis key per user, updated by compare-and-set (a Lua script).
 
     Leases are compared with the Redis server's clock (TIME), so workers on hosts with skewed
-    clocks agree on when a lease has run out. The queued job is looked up inside the WATCH, so
-    a job that starts meanwhile (its start() writes the key) makes the transition run again.
+    clocks agree on when a lease has run out. The queued job is looked up between the read and
+    the compare-and-set, so a job that starts meanwhile (its start() writes the key) makes the
+    transition run again.
     """
 
     def __init__(
@@ -394,6 +408,7 @@ class RedisCoalescer:
         self._timing = timing or Timing()
         self._prefix = prefix
         self._job_alive = job_alive
+        self._compare_and_set = redis.register_script(_COMPARE_AND_SET)
 
     async def state(self, userid: str) -> UserSyncState:
         return UserSyncState.from_json(await self._redis.get(self._prefix + userid))
@@ -450,25 +465,23 @@ class RedisCoalescer:
         self, userid: str, step: Callable[[UserSyncState, float, bool], tuple[UserSyncState, T]]
     ) -> T:
         key = self._prefix + userid
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    seconds, micros = await pipe.time()
-                    now = seconds + micros / 1_000_000
-                    state = UserSyncState.from_json(raw)
-                    waiting_on = state.waits_on(now)
-                    alive = waiting_on is None or await self._job_alive(waiting_on)
-                    new_state, outcome = step(state, now, alive)
-                    # Written even when unchanged: EXEC fails if the state moved meanwhile.
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    if new_state.is_idle_and_empty:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, new_state.to_json(), ex=STATE_TTL_SECONDS)
-                    await pipe.execute()
-                    return outcome
-                except WatchError:
-                    # Another process changed this user's state between our read and write.
-                    continue
+        while True:
+            # One round trip to read, one to write: the webhook's ack waits on these (a
+            # WATCH/MULTI transaction took five).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.time()
+                raw, (seconds, micros) = await pipe.execute()
+            now = seconds + micros / 1_000_000
+            state = UserSyncState.from_json(raw)
+            waiting_on = state.waits_on(now)
+            alive = waiting_on is None or await self._job_alive(waiting_on)
+            new_state, outcome = step(state, now, alive)
+            replacement = "" if new_state.is_idle_and_empty else new_state.to_json()
+            # Written even when unchanged: it fails if the state moved since it was read.
+            swapped = await self._compare_and_set(
+                keys=[key], args=[raw or b"", replacement, STATE_TTL_SECONDS]
+            )
+            if swapped:
+                return outcome
+            # Another process changed this user's state between our read and write.

@@ -17,7 +17,9 @@ from typing import Any, Protocol, TypeAlias, TypeVarTuple
 
 from arq import Retry
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
@@ -85,12 +87,26 @@ def arq_redis(redis_url: str) -> ArqRedis:
     return ArqRedis(connection_pool=pool, job_serializer=dump_job, job_deserializer=load_job)
 
 
+# arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one script:
+# the same keys, the same refusal of an id that is queued, running or has a result. The webhook's
+# ack waits on it. KEYS: job key, result key, queue; ARGV: expiry ms, job, score, job id.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+    return 0
+end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 class ArqQueue:
     """Jobs in Redis, run by `fhir-gateway worker` processes."""
 
     def __init__(self, redis: ArqRedis, *, owns_connection: bool = False) -> None:
         self.redis = redis
         self._owns_connection = owns_connection
+        self._enqueue = redis.register_script(_ENQUEUE)
 
     @classmethod
     def from_url(cls, redis_url: str) -> ArqQueue:
@@ -102,11 +118,22 @@ class ArqQueue:
         job: Callable[[JobContext, *Ts], Awaitable[object]],
         *args: *Ts,
     ) -> bool:
+        enqueued_at = timestamp_ms()
+        payload = serialize_job(
+            job.__name__, args, {}, None, enqueued_at, serializer=self.redis.job_serializer
+        )
         try:
-            queued = await self.redis.enqueue_job(job.__name__, *args, _job_id=job_id)
+            queued = await self._enqueue(
+                keys=[
+                    job_key_prefix + job_id,
+                    result_key_prefix + job_id,
+                    self.redis.default_queue_name,
+                ],
+                args=[self.redis.expires_extra_ms, payload, enqueued_at, job_id],
+            )
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"cannot enqueue {job.__name__}: {type(exc).__name__}") from exc
-        return queued is not None
+        return bool(queued)
 
     async def job_alive(self, job_id: str) -> bool:
         # arq keeps the job key from enqueue until the job finishes for good (retries too).

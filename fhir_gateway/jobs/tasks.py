@@ -164,9 +164,7 @@ async def request_user_sync(
         raise QueueUnavailable(f"coalescer unavailable: {type(exc).__name__}") from exc
     if job_id is None:
         return False
-    # Shielded: a caller that stops waiting (the intake answers Withings after 1 s) must not
-    # leave the job half-enqueued; the enqueue completes in the background.
-    await _shielded(queue.enqueue(job_id, sync_user_job, userid))
+    await queue.enqueue(job_id, sync_user_job, userid)
     return True
 
 
