@@ -73,11 +73,8 @@ async def assert_w1_outcome(pipeline: Pipeline, statuses: list[int], malformed: 
         n for (kind, status), n in outcomes.items() if kind == "malformed" and 400 <= status < 500
     )
     assert rejected == 500, outcomes
-    # Withings allows ~2 s (withings-api §5.5). The anchor's p99 < 500 ms is for the web
-    # process as deployed with Redis; embedded, the syncs share its event loop.
-    assert max(pipeline.latencies) < 2.0
-    if pipeline.settings.redis_url is not None:
-        assert p99(pipeline.latencies) < 0.5
+    # Ack latency is printed, not asserted: timing belongs to bench/webhook_bench.py (house
+    # rule: no timed assertions in tests); every valid notification was acknowledged with 200.
     missing, extra, expected = await pipeline.verify()
     assert expected > 6_000  # goals and ambiguous groups map to nothing; the rest to ≥ 1 each
     assert missing == {}, f"lost: {sum(map(len, missing.values()))} keys"
@@ -111,6 +108,7 @@ async def test_w1_ten_thousand_noisy_notifications_with_redis(
             print(
                 f"W1 redis: sent in {sent_in:.1f} s, drained {drained_in:.1f} s later, "
                 f"p99 ack {p99(pipeline.latencies) * 1000:.1f} ms, "
+                f"max {max(pipeline.latencies) * 1000:.0f} ms, "
                 f"{sum(state.calls.values())} Withings calls"
             )
             await assert_w1_outcome(pipeline, statuses, malformed)
@@ -127,6 +125,7 @@ async def test_w1_ten_thousand_noisy_notifications_in_process(
     print(
         f"W1 in-process: sent in {sent_in:.1f} s, drained {drained_in:.1f} s later, "
         f"p99 ack {p99(pipeline.latencies) * 1000:.1f} ms, "
+        f"max {max(pipeline.latencies) * 1000:.0f} ms, "
         f"{len(pipeline.traffic.calls)} Withings calls"
     )
     await assert_w1_outcome(pipeline, statuses, malformed)
