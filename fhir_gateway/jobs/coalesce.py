@@ -14,7 +14,7 @@ id — arq refuses the id while the original is queued or running, so two caller
 once still make one job.
 
 The transitions are pure functions on `UserSyncState`; `MemoryCoalescer` (one process) and
-`RedisCoalescer` (every process, WATCH/MULTI on one key per user) only store the state.
+`RedisCoalescer` (every process, compare-and-set on one key per user) only store the state.
 """
 
 from __future__ import annotations

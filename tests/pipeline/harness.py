@@ -42,7 +42,7 @@ from fhir_gateway.app import create_app
 from fhir_gateway.config import Settings
 from fhir_gateway.jobs.inbox import INBOX_KIND
 from fhir_gateway.jobs.queue import list_dead_letters
-from fhir_gateway.jobs.tasks import JobTuning, sweep_inbox_job
+from fhir_gateway.jobs.tasks import JobTuning, reconcile_job, sweep_inbox_job
 from fhir_gateway.jobs.worker import WorkerServices, worker_settings
 from fhir_gateway.services import ServiceOverrides, Services, open_services
 from fhir_gateway.store.base import Cursor, Query, ReferenceClause, Store
@@ -77,6 +77,7 @@ FAST = JobTuning(
     inbox_stale_after=3.0,
 )
 SWEEP_EVERY_SECONDS = 1
+YEAR_SECONDS = 365 * 86_400
 
 
 # ---------------------------------------------------------------- Redis
@@ -414,6 +415,9 @@ def pipeline_settings(tmp_path: Path, redis_url: str | None) -> Settings:
         withings_authorize_url=f"{WITHINGS}/oauth2_user/authorize2",
         encryption_key=generate_key(),
         withings_requests_per_minute=UNLIMITED_REQUESTS_PER_MINUTE,
+        # The in-process reconciliation loop fires on multiples of this since the epoch: a year
+        # keeps it out of scenarios that did not ask for it (as with_sweep_every does for arq).
+        sync_interval_seconds=YEAR_SECONDS,
     )
 
 
@@ -464,9 +468,13 @@ async def running_pipeline(
 # ---------------------------------------------------------------- arq workers
 
 
-def with_sweep_every(options: dict[str, Any], seconds: int) -> dict[str, Any]:
+def with_sweep_every(
+    options: dict[str, Any], seconds: int, *, reconcile: bool = False
+) -> dict[str, Any]:
     """Our worker settings with the inbox sweeper every `seconds` instead of every minute, so a
-    test waits seconds, not a minute, for the sweeper after an outage. Everything else as is."""
+    test waits seconds, not a minute, for the sweeper after an outage; and without the
+    reconciliation cron unless `reconcile`: it fires on even hours, and a scenario that happens
+    to straddle one would count that reconciliation's syncs as its own. Everything else as is."""
     crons: list[CronJob] = []
     for job in options["cron_jobs"]:
         if job.coroutine is sweep_inbox_job:
@@ -476,6 +484,8 @@ def with_sweep_every(options: dict[str, Any], seconds: int) -> dict[str, Any]:
                 unique=True,
                 timeout=job.timeout_s,
             )
+        elif job.coroutine is reconcile_job and not reconcile:
+            continue
         crons.append(job)
     return {**options, "cron_jobs": crons}
 
@@ -501,11 +511,17 @@ class WorkerPool:
     connection ends arq's main loop; in production the process supervisor restarts it)."""
 
     def __init__(
-        self, settings: Settings, withings: httpx.AsyncBaseTransport, tuning: JobTuning
+        self,
+        settings: Settings,
+        withings: httpx.AsyncBaseTransport,
+        tuning: JobTuning,
+        *,
+        reconcile: bool = False,
     ) -> None:
         self._options = with_sweep_every(
             worker_settings(settings, worker_services(withings), tuning=tuning),
             SWEEP_EVERY_SECONDS,
+            reconcile=reconcile,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[Worker | None] = []
@@ -556,9 +572,10 @@ async def _dispose(worker: Worker) -> None:
 
 @asynccontextmanager
 async def running_workers(
-    pipeline: Pipeline, count: int, tuning: JobTuning = FAST
+    pipeline: Pipeline, count: int, tuning: JobTuning = FAST, *, reconcile: bool = False
 ) -> AsyncIterator[WorkerPool]:
-    pool = WorkerPool(pipeline.settings, pipeline.traffic, tuning)
+    """`reconcile`: keep the reconciliation cron (see with_sweep_every)."""
+    pool = WorkerPool(pipeline.settings, pipeline.traffic, tuning, reconcile=reconcile)
     pool.start(count)
     try:
         yield pool

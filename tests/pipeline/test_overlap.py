@@ -113,7 +113,7 @@ async def test_a4_several_workers_run_one_reconciliation_per_period(
         userid, _ = pipeline.add_user(rng, groups=5)
         await pipeline.connect(userid)
     tuning = replace(FAST, reconcile_interval=float(RECONCILE_EVERY))
-    async with running_workers(pipeline, RECONCILE_WORKERS, tuning):
+    async with running_workers(pipeline, RECONCILE_WORKERS, tuning, reconcile=True):
         started = time.time()
         await asyncio.sleep(RECONCILE_FOR)
         stopped = time.time()
