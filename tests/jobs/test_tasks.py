@@ -276,10 +276,14 @@ async def test_three_arq_workers_reconcile_once_per_period(
         for m in metrics
     )
     assert runs >= 2
+    # 5.5 s of 2 s periods touch at most 4 periods: one run per period, not one per worker.
+    assert runs <= 4
     for userid in ("1", "2"):
         periods = [int(at // 2) for user, at in sync.reconciled if user == userid]
-        assert len(periods) == runs  # one per period for every user...
-        assert len(set(periods)) == len(periods)  # ...never two in the same period
+        # Every run reconciles every user, except that the per-user jobs of a run that starts
+        # just before the workers shut down may not have run yet.
+        assert runs - 1 <= len(periods) <= runs
+        assert len(set(periods)) == len(periods)  # never two in the same period
 
 
 def test_job_tuning_keeps_the_sync_inside_the_job_timeout() -> None:
