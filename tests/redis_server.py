@@ -121,3 +121,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     with run_redis_server(tmp_path) as server:
         yield server
+
+
+class RestartableRedis:
+    """redis-server on one port that a test can stop (an outage: its data is gone) and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if not Path(REDIS_SERVER).exists():
+            pytest.fail("redis-server is not installed; the pipeline tests need it")
+        with (self.directory / f"redis-{self.port}.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    if probe.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+        pytest.fail(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=5)
+            self._process = None

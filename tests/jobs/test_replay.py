@@ -10,7 +10,7 @@ from fhir_gateway.jobs.coalesce import SyncWindow
 from fhir_gateway.jobs.inbox import INBOX_KIND, Notification, NotificationIntake
 from fhir_gateway.jobs.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from fhir_gateway.store.sqlite import SQLiteStore
-from tests.jobs.conftest import RestartableRedis
+from tests.redis_server import RestartableRedis
 
 NOTIFICATION = Notification("12345", 1, 1_530_576_000, 1_530_698_753)
 

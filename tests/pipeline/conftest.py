@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.harness import Pipeline, RestartableRedis, running_pipeline
-from tests.redis_server import RedisServer, run_redis_server
+from tests.pipeline.harness import Pipeline, running_pipeline
+from tests.redis_server import RedisServer, RestartableRedis, run_redis_server
 
 # httpx's ASGITransport imports sniffio on every request to detect trio (httpx
 # _transports/asgi.py, is_running_trio). Not installed, that import fails each time after a

@@ -51,7 +51,7 @@ from fhir_gateway.withings import identity
 from fhir_gateway.withings.keys import generate_key
 from fhir_gateway.withings.sandbox import SandboxState, create_sandbox
 from fhir_gateway.withings.sandbox_state import GRPID_STRIDE, SandboxUser
-from tests.redis_server import REDIS_SERVER, free_port
+from tests.redis_server import free_port
 
 GATEWAY = "http://gateway.test"
 WITHINGS = "http://withings.test"
@@ -81,48 +81,6 @@ YEAR_SECONDS = 365 * 86_400
 
 
 # ---------------------------------------------------------------- Redis
-
-
-class RestartableRedis:
-    """redis-server on one port that a test can stop (an outage: its data is gone) and restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        if not Path(REDIS_SERVER).exists():
-            pytest.fail("redis-server is not installed; the pipeline tests need it")
-        with (self.directory / f"redis-{self.port}.log").open("ab") as log:
-            self._process = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.directory)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self._process.poll() is None:
-                try:
-                    if probe.ping():
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.02)
-        finally:
-            probe.close()
-        pytest.fail(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=5)
-            self._process = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ import pytest
 
 from fhir_gateway.jobs.inbox import INBOX_KIND, PENDING
 from tests.pipeline.harness import (
-    RestartableRedis,
     redis_client,
     running_pipeline,
     running_workers,
     settle_redis,
     user_grpid,
 )
+from tests.redis_server import RestartableRedis
 
 pytestmark = pytest.mark.redis
 
